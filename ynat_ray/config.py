@@ -1,0 +1,184 @@
+"""One flat config for everything: the CLI, `jobs/`, `serve/` and the tests all build a `YnatConfig`.
+
+Why flat: like nanoGPT's config, every knob sits in one commented list, so `--help`, a YAML file and
+`YnatConfig(epochs=1)` in a test all speak the same names. Parsing uses `transformers.HfArgumentParser`
+(help text comes from each field's `help`), plus `--config FILE.yaml|json` whose values the command line
+can override.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+EMBEDDED = "embedded"  # the YNAT subsample shipped in ynat_ray/assets
+HUB = "hub"  # datasets.load_dataset("klue", "ynat")
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class YnatConfig:
+    # ---- data -------------------------------------------------------------------------------
+    data: str = _help(
+        "Training rows: 'embedded' (real YNAT subsample shipped in the package, offline), 'hub' "
+        "(datasets.load_dataset('klue','ynat'), needs the HF hub), or a json/jsonl/csv/parquet file, "
+        "a directory or a glob.",
+        default=EMBEDDED,
+    )
+    validation_data: Optional[str] = _help(
+        "Validation rows (file/dir/glob). Default: the embedded/hub validation split, or for local "
+        "train files a seeded hold-out of --validation_size rows.",
+        default=None,
+    )
+    test_data: Optional[str] = _help("Test rows for the final report (file/dir/glob). Optional.", default=None)
+    text_column: str = _help("Column holding the text to classify.", default="title")
+    label_column: str = _help("Column holding the label (int id or Korean topic name).", default="label")
+    validation_size: int = _help("Rows held out for validation (and test, for the hub) like the notebook.", default=1000)
+    max_train_samples: Optional[int] = _help("Use at most this many training rows (seeded sample).", default=None)
+    max_eval_samples: Optional[int] = _help("Use at most this many validation/test rows (seeded).", default=None)
+    on_bad_rows: Literal["error", "skip"] = _help(
+        "'error': stop at the first malformed row, naming file/row/field. 'skip': drop it, write it to "
+        "the quarantine file and report the count.",
+        default="error",
+    )
+    quarantine_path: Optional[str] = _help("Where skipped rows go (jsonl). Default: <run dir>/quarantine.jsonl.", default=None)
+    seed: int = _help("Seed for subsampling, splits, shuffling and model init.", default=42)
+
+    # ---- model ------------------------------------------------------------------------------
+    model: str = _help(
+        "A hub id (e.g. klue/roberta-base), a local HF model directory, or an offline preset: "
+        "'ynat-tiny' (default, trains in minutes on a laptop) or 'ynat-small' (6 layers x 384).",
+        default="ynat-tiny",
+    )
+    max_length: int = _help("Truncate texts to this many tokens (YNAT titles are ~20).", default=64)
+    vocab_size: int = _help("WordPiece vocabulary size for the offline presets.", default=8000)
+
+    # ---- training ---------------------------------------------------------------------------
+    num_workers: int = _help("Ray Train data-parallel workers.", default=2)
+    use_gpu: bool = _help("One GPU per worker, NCCL backend, bf16 autocast.", default=False)
+    cpus_per_worker: Optional[float] = _help(
+        "CPUs per Train worker. Default: share the cluster's CPUs minus a reserve for Ray Data, so "
+        "data tasks can always be scheduled (a 2-core laptop otherwise deadlocks).",
+        default=None,
+    )
+    materialize: Literal["auto", "yes", "no"] = _help(
+        "Tokenize the whole dataset before training ('auto': when it has under 1M rows) instead of streaming.",
+        default="auto",
+    )
+    epochs: int = _help("Training epochs.", default=3)
+    batch_size: int = _help("Per-worker training batch size.", default=32)
+    eval_batch_size: int = _help("Batch size for evaluation and prediction.", default=128)
+    learning_rate: Optional[float] = _help(
+        "Peak AdamW learning rate. Default: 5e-5 for pretrained models, 5e-4 for presets trained from scratch.",
+        default=None,
+    )
+    weight_decay: float = _help("AdamW weight decay (never applied to biases or LayerNorm).", default=0.01)
+    warmup_ratio: float = _help("Fraction of steps for linear warmup, then linear decay to 0.", default=0.1)
+    max_grad_norm: float = _help("Gradient clipping norm.", default=1.0)
+    precision: Literal["auto", "fp32", "bf16"] = _help(
+        "'auto': bf16 autocast on GPUs that support it and on CPUs with AMX/AVX512-BF16, else fp32.",
+        default="auto",
+    )
+    log_every: int = _help("Print training loss every N steps (rank 0).", default=50)
+    storage_path: str = _help(
+        "Where runs and checkpoints go: an absolute path or a URI (s3://, gs://). Multi-node clusters need shared storage.",
+        default="~/ynat_ray_results",
+    )
+    run_name: Optional[str] = _help("Run name. Default: a unique one (reusing a name resumes that run).", default=None)
+    max_failures: int = _help("Worker-group restarts allowed; training resumes from the latest checkpoint.", default=2)
+    num_to_keep: int = _help("Checkpoints to keep, the best by validation macro-F1.", default=2)
+    push_to_hub: Optional[str] = _help("After training, push the best model + tokenizer to this hub repo id.", default=None)
+
+    # ---- inference (evaluate / predict / serve / predict-batch) ------------------------------
+    checkpoint: Optional[str] = _help("A trained checkpoint: local dir, URI, or hub id.", default=None)
+
+    # ---- serving ----------------------------------------------------------------------------
+    host: str = _help("Address the HTTP proxy binds.", default="127.0.0.1")
+    port: int = _help("HTTP port.", default=8000)
+    min_replicas: int = _help("Autoscaling: fewest replicas.", default=1)
+    max_replicas: int = _help("Autoscaling: most replicas.", default=2)
+    target_ongoing_requests: float = _help("Autoscaling: ongoing requests per replica to aim for.", default=8.0)
+    upscale_delay_s: float = _help("Autoscaling: load must persist this long before scaling up.", default=3.0)
+    downscale_delay_s: float = _help("Autoscaling: idle this long before scaling down.", default=15.0)
+    max_ongoing_requests: int = _help("Requests one replica takes at once (must be >= max_batch_size).", default=64)
+    max_queued_requests: int = _help("Requests waiting per deployment before 503 + Retry-After.", default=256)
+    max_batch_size: int = _help("@serve.batch: most texts in one forward pass.", default=32)
+    batch_wait_timeout_s: float = _help("@serve.batch: wait this long for a batch to fill.", default=0.01)
+    max_texts_per_request: int = _help("Most texts in one request (else 413).", default=64)
+    max_chars_per_text: int = _help("Longer texts are truncated to this many characters (see README).", default=2000)
+    replica_cpus: float = _help("CPUs per serving replica.", default=1.0)
+    replica_gpus: float = _help("GPUs per serving replica (bf16/fp16 on GPU).", default=0.0)
+    request_timeout_s: float = _help("HTTP request timeout at the proxy.", default=30.0)
+
+    # ---- batch prediction -------------------------------------------------------------------
+    input: Optional[str] = _help("predict-batch: input file/dir/glob/URI (json, jsonl, csv, parquet).", default=None)
+    output: Optional[str] = _help("predict-batch: output directory (parquet or jsonl files).", default=None)
+    output_format: Literal["parquet", "jsonl"] = _help("predict-batch: output file format.", default="parquet")
+    all_scores: bool = _help("predict-batch: also write the score of each of the 7 topics.", default=False)
+    num_actors: int = _help("predict-batch: predictor actors (each loads the model once).", default=1)
+    actor_cpus: float = _help("predict-batch: CPUs per predictor actor.", default=1.0)
+    actor_gpus: float = _help("predict-batch: GPUs per predictor actor.", default=0.0)
+
+    # -----------------------------------------------------------------------------------------
+    def resolved_storage_path(self) -> str:
+        """Ray needs an absolute path or a URI; expand ~ and relative paths here, once."""
+        if "://" in self.storage_path:
+            return self.storage_path
+        return str(Path(os.path.expanduser(self.storage_path)).resolve())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "YnatConfig":
+        """Build from a dict (a YAML/JSON file); unknown keys are an error, not silently ignored."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        return cls(**values)
+
+
+def load_config_file(path: str) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a dict."""
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping of option names to values")
+    YnatConfig.from_dict(values)  # validate the keys early
+    return values
+
+
+def build_parser(description: str | None = None) -> Any:
+    """HfArgumentParser over YnatConfig, plus --config FILE."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(YnatConfig, description=description)
+    parser.add_argument("--config", default=None, help="YAML or JSON file of options; command-line flags override it.")
+    return parser
+
+
+def parse_config(argv: list[str] | None = None, parser: Any = None) -> tuple[YnatConfig, argparse.Namespace]:
+    """Parse argv into (YnatConfig, namespace of the extra arguments: --config and any the caller added)."""
+    parser = parser or build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        parser.set_defaults(**load_config_file(pre.config))
+    outputs = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    extra = outputs[1] if len(outputs) > 1 else argparse.Namespace()
+    return outputs[0], extra
+

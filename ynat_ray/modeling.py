@@ -1,0 +1,158 @@
+"""Tokenizer and model construction: hub ids, local HF directories, and the offline presets.
+
+Why presets: the HF hub is not always reachable (laptops on planes, locked-down clusters, CI). A preset
+trains a WordPiece tokenizer on the training titles and pairs it with a small RobertaConfig, so the
+whole pipeline runs offline on real Korean text. With the hub, `--model klue/roberta-base` is the
+real model; nothing ever switches between the two silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from ynat_ray.labels import ID2LABEL, LABEL2ID, NUM_LABELS
+
+# Special tokens in the order (and so with the ids) klue/roberta-base uses: [CLS]=0 [PAD]=1 [SEP]=2.
+SPECIAL_TOKENS = ("[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Shape of a RoBERTa encoder trained from scratch."""
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+
+
+PRESETS: dict[str, Preset] = {
+    "ynat-tiny": Preset(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512),
+    "ynat-small": Preset(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=1536),
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer could not be loaded; the message says what to try instead."""
+
+
+def is_preset(name: str) -> bool:
+    return name in PRESETS
+
+
+def default_learning_rate(model: str) -> float:
+    """Fine-tuning a pretrained encoder wants a small LR; a from-scratch preset a larger one."""
+    return 5e-4 if is_preset(model) else 5e-5
+
+
+def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int, max_length: int) -> Any:
+    """Train a cased WordPiece tokenizer on the titles and wrap it for transformers.
+
+    Cased and no accent stripping: BertNormalizer(lowercase=True) would decompose Hangul syllables
+    into jamo. Post-processing adds [CLS] ... [SEP] the way RoBERTa checkpoints expect.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), min_frequency=2, show_progress=False)
+    tok.train_from_iterator(list(texts), trainer)
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        cls_token="[CLS]",
+        pad_token="[PAD]",
+        sep_token="[SEP]",
+        unk_token="[UNK]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "attention_mask"],
+        model_max_length=max_length,
+    )
+
+
+def load_tokenizer(model: str, max_length: int, train_texts: Iterable[str] | None = None, vocab_size: int = 8000) -> Any:
+    """Tokenizer for `model`: trained on `train_texts` for a preset, else AutoTokenizer.from_pretrained."""
+    if is_preset(model):
+        if train_texts is None:
+            raise ValueError(f"preset {model!r} trains its tokenizer on the training titles; pass train_texts")
+        return train_wordpiece_tokenizer(train_texts, vocab_size, max_length)
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=False)
+    except Exception as err:  # noqa: BLE001 - network, missing dir and bad repo all get the same advice
+        raise ModelLoadError(load_advice(model, err)) from err
+    tokenizer.model_max_length = min(tokenizer.model_max_length, max_length)
+    return tokenizer
+
+
+def build_model(model: str, tokenizer: Any, max_length: int, seed: int = 42) -> Any:
+    """A sequence classifier with 7 YNAT labels whose id2label/label2id travel with the checkpoint."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, RobertaConfig
+
+    torch.manual_seed(seed)
+    if is_preset(model):
+        p = PRESETS[model]
+        config = RobertaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=p.hidden_size,
+            num_hidden_layers=p.num_hidden_layers,
+            num_attention_heads=p.num_attention_heads,
+            intermediate_size=p.intermediate_size,
+            # RoBERTa numbers positions from pad_token_id + 1, so max_length tokens need max_length + 2 rows.
+            max_position_embeddings=max_length + 2,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.cls_token_id,
+            eos_token_id=tokenizer.sep_token_id,
+            num_labels=NUM_LABELS,
+            id2label=dict(ID2LABEL),
+            label2id=dict(LABEL2ID),
+        )
+        net = AutoModelForSequenceClassification.from_config(config)
+    else:
+        try:
+            net = AutoModelForSequenceClassification.from_pretrained(
+                model,
+                num_labels=NUM_LABELS,
+                id2label=dict(ID2LABEL),
+                label2id=dict(LABEL2ID),
+                trust_remote_code=False,
+            )
+        except Exception as err:  # noqa: BLE001
+            raise ModelLoadError(load_advice(model, err)) from err
+    check_compatible(tokenizer, net.config, max_length)
+    return net
+
+
+def check_compatible(tokenizer: Any, config: Any, max_length: int) -> None:
+    """Fail loudly on the two mismatches that otherwise corrupt training without an error.
+
+    - pad ids differ: the embedding row of [CLS] (or another token) silently becomes the padding row.
+    - too few position embeddings: long inputs index past the table and crash mid-run.
+    """
+    if tokenizer.pad_token_id != config.pad_token_id:
+        raise ValueError(f"tokenizer pad_token_id {tokenizer.pad_token_id} != model config pad_token_id {config.pad_token_id}")
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
+        needed = max_length + config.pad_token_id + 1
+        if config.max_position_embeddings < needed:
+            raise ValueError(
+                f"max_length {max_length} needs max_position_embeddings >= {needed} for RoBERTa "
+                f"(has {config.max_position_embeddings}); lower --max_length"
+            )
+    if len(tokenizer) > config.vocab_size:
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}")
+
+
+def load_advice(model: str, err: Exception) -> str:
+    return (
+        f"could not load {model!r}: {err}. If the Hugging Face hub is unreachable, use a local model "
+        f"directory or an offline preset (--model {' / '.join(PRESETS)})."
+    )

@@ -1,0 +1,336 @@
+"""Fine-tuning with Ray Train: one readable loop per worker, and the driver that sets it up.
+
+Shape (after HF's run_glue_no_trainer.py and Ray's TorchTrainer examples):
+  driver:  rows -> tokenizer -> Ray Data token datasets -> TorchTrainer.fit() -> best checkpoint -> report
+  worker:  build the model inside the worker -> DDP -> epochs of AdamW steps -> rank 0 evaluates the
+           FULL validation set, writes a HF checkpoint, and every rank calls ray.train.report.
+Failure handling: FailureConfig(max_failures) restarts the worker group; the loop resumes from the
+latest checkpoint (weights, optimizer, scheduler, epoch, metrics history).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Iterable
+
+from ynat_ray.config import YnatConfig
+
+RUN_CONFIG_FILE = "ynat_run_config.json"
+METRICS_FILE = "metrics.json"
+STATE_FILE = "training_state.pt"
+SCORE_METRIC = "val_macro_f1"
+# Test hook: make the last worker exit (as if its node died) at the start of this 0-based epoch,
+# once per run. The driver reads it and hands it to the workers.
+FAIL_AT_EPOCH_ENV = "YNAT_RAY_FAIL_AT_EPOCH"
+
+
+@dataclass
+class TrainOutcome:
+    run_name: str
+    run_dir: str
+    best_checkpoint: str
+    history: list[dict[str, Any]]
+    final_metrics: dict[str, Any]
+    artifacts_dir: str
+    examples: list[dict[str, Any]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side
+
+
+def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases and LayerNorm weights (as in BERT/RoBERTa recipes)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim < 2 or "LayerNorm" in name or name.endswith(".bias") else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def evaluate_batches(model: Any, batches: Iterable[dict[str, Any]], precision: str, device_type: str) -> tuple[float, list[int], list[int]]:
+    """Mean loss, predictions and gold labels over every batch (no rows dropped)."""
+    import torch
+
+    from ynat_ray.precision import autocast
+
+    model.eval()
+    loss_sum, count, preds, gold = 0.0, 0, [], []
+    with torch.inference_mode(), autocast(precision, device_type):
+        for batch in batches:
+            out = model(**batch)
+            n = batch["labels"].shape[0]
+            loss_sum += float(out.loss) * n
+            count += n
+            preds += out.logits.argmax(-1).tolist()
+            gold += batch["labels"].tolist()
+    return loss_sum / max(count, 1), preds, gold
+
+
+def save_checkpoint(path: str, model: Any, tokenizer: Any, cfg: YnatConfig, history: list[dict[str, Any]], state: dict[str, Any]) -> None:
+    """A Hugging Face directory pipeline() loads, plus our run config, metrics and resume state."""
+    import torch
+
+    model.save_pretrained(path)  # safetensors
+    tokenizer.save_pretrained(path)
+    with open(os.path.join(path, RUN_CONFIG_FILE), "w", encoding="utf-8") as fh:
+        json.dump(cfg.to_dict(), fh, ensure_ascii=False, indent=2)
+    with open(os.path.join(path, METRICS_FILE), "w", encoding="utf-8") as fh:
+        json.dump(history, fh, ensure_ascii=False, indent=2)
+    torch.save(state, os.path.join(path, STATE_FILE))
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """The training loop every Ray Train worker runs."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    from safetensors.torch import load_file
+    from transformers import get_linear_schedule_with_warmup
+
+    from ynat_ray.features import PadCollate
+    from ynat_ray.metrics import classification_metrics
+    from ynat_ray.modeling import build_model, default_learning_rate
+    from ynat_ray.precision import autocast, resolve_precision
+
+    cfg = YnatConfig.from_dict(loop_config["config"])
+    tokenizer = loop_config["tokenizer"]
+    torch.set_num_threads(loop_config["torch_threads"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    precision = resolve_precision(cfg.precision, device.type)
+
+    model = ray.train.torch.prepare_model(build_model(cfg.model, tokenizer, cfg.max_length, seed=cfg.seed))
+    core = model.module if hasattr(model, "module") else model
+    optimizer = torch.optim.AdamW(param_groups(core, cfg.weight_decay), lr=cfg.learning_rate or default_learning_rate(cfg.model))
+    steps_per_epoch = math.ceil(loop_config["train_rows"] // world / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+
+    start_epoch, history = 0, []
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as ckpt_dir:
+            core.load_state_dict(load_file(os.path.join(ckpt_dir, "model.safetensors"), device=str(device)), strict=False)
+            state = torch.load(os.path.join(ckpt_dir, STATE_FILE), map_location=device, weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, history = state["epoch"] + 1, state["history"]
+        if rank == 0:
+            print(f"[ynat-ray] resumed from the checkpoint of epoch {start_epoch}", flush=True)
+
+    collate = PadCollate(tokenizer.pad_token_id)
+    train_shard = ray.train.get_dataset_shard("train")
+    if rank == 0:
+        print(f"[ynat-ray] {world} worker(s) on {device.type}, precision {precision}, {steps_per_epoch} steps/epoch", flush=True)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        if loop_config.get("fail_at_epoch") == epoch and checkpoint is None and rank == world - 1:
+            print(f"[ynat-ray] {FAIL_AT_EPOCH_ENV}: worker {rank} exiting at epoch {epoch}", flush=True)
+            os._exit(1)
+        model.train()
+        started, loss_sum, seen = time.perf_counter(), 0.0, 0
+        batches = train_shard.iter_torch_batches(
+            batch_size=cfg.batch_size,
+            collate_fn=collate,
+            local_shuffle_buffer_size=cfg.batch_size * 16,
+            local_shuffle_seed=cfg.seed + epoch,
+        )
+        for step, batch in enumerate(batches, start=1):
+            with autocast(precision, device.type):
+                loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += float(loss) * batch["labels"].shape[0]
+            seen += batch["labels"].shape[0]
+            if rank == 0 and cfg.log_every and step % cfg.log_every == 0:
+                print(f"[ynat-ray] epoch {epoch + 1}/{cfg.epochs} step {step}/{steps_per_epoch} loss {float(loss):.4f}", flush=True)
+        elapsed = time.perf_counter() - started
+        metrics: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(seen, 1),
+            "train_samples_per_s": seen * world / elapsed,
+            "epoch_time_s": elapsed,
+        }
+        if rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            continue
+        # Rank 0 scores the whole validation set with the unwrapped model (no DDP collectives).
+        val_batches = ray.train.get_dataset_shard("validation").iter_torch_batches(batch_size=cfg.eval_batch_size, collate_fn=collate)
+        val_loss, preds, gold = evaluate_batches(core, val_batches, precision, device.type)
+        scores = classification_metrics(gold, preds)
+        metrics.update(val_loss=val_loss, val_accuracy=scores["accuracy"], val_macro_f1=scores["macro_f1"], val_rows=scores["num_rows"])
+        history.append(metrics)
+        print(
+            f"[ynat-ray] epoch {epoch + 1}/{cfg.epochs}: train_loss {metrics['train_loss']:.4f} val_loss {val_loss:.4f} "
+            f"accuracy {scores['accuracy']:.4f} macro-F1 {scores['macro_f1']:.4f} ({metrics['train_samples_per_s']:.0f} samples/s)",
+            flush=True,
+        )
+        with tempfile.TemporaryDirectory() as tmp:
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history}
+            save_checkpoint(tmp, core, tokenizer, cfg, history, state)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side
+
+
+def unique_run_name(model: str) -> str:
+    """Reusing a run name makes Ray resume that old run, so every run gets a fresh one."""
+    slug = model.rstrip("/").split("/")[-1].replace("_", "-")
+    return f"ynat-{slug}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def init_ray() -> None:
+    """Join the cluster in RAY_ADDRESS (a `ray job submit` driver) or start a local one."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+
+
+def artifacts_dir_for(storage: str, run_name: str) -> str:
+    """Local runs keep artifacts beside Ray's run folder; URI runs write locally, then upload."""
+    if "://" in storage:
+        return os.path.abspath(os.path.join("ynat_ray_artifacts", run_name))
+    return os.path.join(storage, run_name, "artifacts")
+
+
+def run_training(cfg: YnatConfig) -> TrainOutcome:
+    """Everything `ynat-ray train` does: data, tokenizer, TorchTrainer.fit, final evaluation, artifacts."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from ynat_ray.data import load_splits, write_quarantine
+    from ynat_ray.features import to_token_dataset
+    from ynat_ray.modeling import load_tokenizer
+    from ynat_ray.resources import plan_workers
+
+    init_ray()
+    run_name = cfg.run_name or unique_run_name(cfg.model)
+    storage = cfg.resolved_storage_path()
+    artifacts = artifacts_dir_for(storage, run_name)
+
+    splits = load_splits(cfg)
+    if splits.bad_rows:
+        path = cfg.quarantine_path or os.path.join(artifacts, "quarantine.jsonl")
+        print(f"[ynat-ray] skipped {write_quarantine(splits.bad_rows, path)} malformed row(s); see {path}", flush=True)
+    print(
+        f"[ynat-ray] run {run_name}: {len(splits.train)} train / {len(splits.validation)} validation"
+        f"{f' / {len(splits.test)} test' if splits.test is not None else ''} rows, model {cfg.model}",
+        flush=True,
+    )
+    tokenizer = load_tokenizer(cfg.model, cfg.max_length, splits.train["title"], cfg.vocab_size)
+    materialize = cfg.materialize == "yes" or (cfg.materialize == "auto" and len(splits.train) < 1_000_000)
+    datasets = {
+        "train": to_token_dataset(splits.train, tokenizer, cfg.max_length, materialize=materialize),
+        "validation": to_token_dataset(splits.validation, tokenizer, cfg.max_length, materialize=materialize),
+    }
+    plan = plan_workers(cfg.num_workers, ray.cluster_resources().get("CPU", 1.0), use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker)
+    print(f"[ynat-ray] {cfg.num_workers} worker(s) x {plan.resources()}; {plan.data_reserve_cpus:g} CPU left for Ray Data", flush=True)
+    fail_at = os.environ.get(FAIL_AT_EPOCH_ENV)
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": cfg.to_dict(),
+            "tokenizer": tokenizer,
+            "train_rows": len(splits.train),
+            "torch_threads": plan.torch_threads,
+            "fail_at_epoch": int(fail_at) if fail_at else None,
+        },
+        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=plan.resources()),
+        run_config=ray.train.RunConfig(
+            name=run_name,
+            storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep, checkpoint_score_attribute=SCORE_METRIC, checkpoint_score_order="max"),
+        ),
+        datasets=datasets,
+        # Only the training set is sharded; rank 0 scores the whole validation set.
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    best = result.get_best_checkpoint(SCORE_METRIC, "max") or result.checkpoint
+    return finish_run(cfg, run_name, os.path.join(storage, run_name), best.path, splits, artifacts)
+
+
+def finish_run(cfg: YnatConfig, run_name: str, run_dir: str, best_path: str, splits: Any, artifacts: str) -> TrainOutcome:
+    """Score the best checkpoint, write artifacts, print the summary, optionally push to the hub."""
+    from ynat_ray.artifacts import plot_confusion_matrix, plot_learning_curve, write_history
+    from ynat_ray.inference import TextClassifier, resolve_checkpoint
+    from ynat_ray.metrics import classification_metrics, format_report
+
+    local_best = resolve_checkpoint(best_path)
+    with open(os.path.join(local_best, METRICS_FILE), encoding="utf-8") as fh:
+        best_history = json.load(fh)
+    latest = max(best_history, key=lambda h: h["epoch"])
+    classifier = TextClassifier(local_best, use_gpu=False, precision=cfg.precision)
+    split_name, rows = ("test", splits.test) if splits.test is not None else ("validation", splits.validation)
+    probs = classifier.probabilities(rows["title"].tolist(), batch_size=cfg.eval_batch_size)
+    final = classification_metrics(rows["label"].tolist(), probs.argmax(1).tolist())
+    final.update(split=split_name, checkpoint=best_path, best_epoch=latest["epoch"])
+
+    os.makedirs(artifacts, exist_ok=True)
+    history = _full_history(run_dir, best_history)
+    write_history(history, artifacts)
+    plot_learning_curve(history, os.path.join(artifacts, "learning_curve.png"))
+    plot_confusion_matrix(final["confusion_matrix"], os.path.join(artifacts, "confusion_matrix.png"), f"{split_name} ({len(rows)} rows)")
+    with open(os.path.join(artifacts, "final_metrics.json"), "w", encoding="utf-8") as fh:
+        json.dump(final, fh, ensure_ascii=False, indent=2)
+    if "://" in cfg.resolved_storage_path():
+        import pyarrow.fs
+
+        pyarrow.fs.copy_files(artifacts, f"{run_dir}/artifacts")
+
+    sample = rows.head(3)
+    examples = [
+        {"title": t, "gold": classifier.id2label[g], **p}
+        for t, g, p in zip(sample["title"], sample["label"], classifier(sample["title"].tolist()))
+    ]
+    print("\n" + "=" * 72)
+    print(f"run          {run_name}")
+    print(f"checkpoint   {best_path}  (best epoch {latest['epoch']} by validation macro-F1)")
+    print(f"artifacts    {artifacts}")
+    print(f"{split_name:<12} {format_report(final)}")
+    print("examples:")
+    for ex in examples:
+        print(f"  {ex['title']!r} -> [{{'label': '{ex['label']}', 'score': {ex['score']:.4f}}}]  (gold {ex['gold']})")
+    print("=" * 72, flush=True)
+    if cfg.push_to_hub:
+        from ynat_ray.hub import push_checkpoint
+
+        print(f"[ynat-ray] pushed to {push_checkpoint(local_best, cfg.push_to_hub)}", flush=True)
+    return TrainOutcome(run_name, run_dir, best_path, history, final, artifacts, examples)
+
+
+def _full_history(run_dir: str, fallback: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The best checkpoint's history stops at the best epoch; the newest checkpoint has them all."""
+    if "://" in run_dir or not os.path.isdir(run_dir):
+        return fallback
+    newest = fallback
+    for name in os.listdir(run_dir):
+        path = os.path.join(run_dir, name, METRICS_FILE)
+        if name.startswith("checkpoint") and os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                candidate = json.load(fh)
+            if len(candidate) > len(newest):
+                newest = candidate
+    return newest
