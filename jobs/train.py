@@ -1,11 +1,15 @@
 """Entry point for `ray job submit --working-dir . -- python jobs/train.py [options]`.
 
-Same options as `ynat-ray train` (one YnatConfig); the work lives in ynat_ray.train.
+Same options as `ynat-ray train` (one YnatConfig); the work lives in ynat_ray.train. The repo root goes
+on sys.path so the job runs from an uploaded working dir on a cluster where ynat-ray isn't installed.
 """
 
-from ynat_ray.cli import cmd_train
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ynat_ray.cli import cmd_train  # noqa: E402
 
 if __name__ == "__main__":
-    import sys
-
     cmd_train(sys.argv[1:])

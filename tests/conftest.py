@@ -19,6 +19,10 @@ from pathlib import Path
 
 import pytest
 
+# Tests never reach the Hugging Face hub; set before any HF library is imported so failures are immediate.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
 CLUSTER_CPUS = 2  # what this project's CI and a small laptop have; do not inflate it to hide deadlocks
 
 
@@ -89,7 +93,14 @@ def trained(ray_session: Cluster, storage: str):
     from ynat_ray.train import run_training
 
     cfg = YnatConfig(
-        max_train_samples=1200, max_eval_samples=300, epochs=2, num_workers=2, batch_size=32, storage_path=storage, log_every=0, materialize="no"
+        max_train_samples=1200,
+        max_eval_samples=300,
+        epochs=2,
+        num_workers=2,
+        batch_size=32,
+        storage_path=storage,
+        log_every=0,
+        materialize="no",
     )
     started = time.time()
     outcome = run_training(cfg)

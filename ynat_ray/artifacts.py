@@ -5,12 +5,21 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ynat_ray.labels import LABELS
 
 # Plot labels when no Hangul font is installed (matplotlib would draw empty boxes).
-ENGLISH = {"IT과학": "IT/Science", "경제": "Economy", "사회": "Society", "생활문화": "Life/Culture", "세계": "World", "스포츠": "Sports", "정치": "Politics"}
+ENGLISH = {
+    "IT과학": "IT/Science",
+    "경제": "Economy",
+    "사회": "Society",
+    "생활문화": "Life/Culture",
+    "세계": "World",
+    "스포츠": "Sports",
+    "정치": "Politics",
+}
 
 
 def _hangul_font() -> str | None:

@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 EMBEDDED = "embedded"  # the YNAT subsample shipped in ynat_ray/assets
 HUB = "hub"  # datasets.load_dataset("klue", "ynat")
@@ -33,23 +33,23 @@ class YnatConfig:
         "a directory or a glob.",
         default=EMBEDDED,
     )
-    validation_data: Optional[str] = _help(
+    validation_data: str | None = _help(
         "Validation rows (file/dir/glob). Default: the embedded/hub validation split, or for local "
         "train files a seeded hold-out of --validation_size rows.",
         default=None,
     )
-    test_data: Optional[str] = _help("Test rows for the final report (file/dir/glob). Optional.", default=None)
+    test_data: str | None = _help("Test rows for the final report (file/dir/glob). Optional.", default=None)
     text_column: str = _help("Column holding the text to classify.", default="title")
     label_column: str = _help("Column holding the label (int id or Korean topic name).", default="label")
     validation_size: int = _help("Rows held out for validation (and test, for the hub) like the notebook.", default=1000)
-    max_train_samples: Optional[int] = _help("Use at most this many training rows (seeded sample).", default=None)
-    max_eval_samples: Optional[int] = _help("Use at most this many validation/test rows (seeded).", default=None)
+    max_train_samples: int | None = _help("Use at most this many training rows (seeded sample).", default=None)
+    max_eval_samples: int | None = _help("Use at most this many validation/test rows (seeded).", default=None)
     on_bad_rows: Literal["error", "skip"] = _help(
         "'error': stop at the first malformed row, naming file/row/field. 'skip': drop it, write it to "
         "the quarantine file and report the count.",
         default="error",
     )
-    quarantine_path: Optional[str] = _help("Where skipped rows go (jsonl). Default: <run dir>/quarantine.jsonl.", default=None)
+    quarantine_path: str | None = _help("Where skipped rows go (jsonl). Default: <run dir>/quarantine.jsonl.", default=None)
     seed: int = _help("Seed for subsampling, splits, shuffling and model init.", default=42)
 
     # ---- model ------------------------------------------------------------------------------
@@ -64,7 +64,7 @@ class YnatConfig:
     # ---- training ---------------------------------------------------------------------------
     num_workers: int = _help("Ray Train data-parallel workers.", default=2)
     use_gpu: bool = _help("One GPU per worker, NCCL backend, bf16 autocast.", default=False)
-    cpus_per_worker: Optional[float] = _help(
+    cpus_per_worker: float | None = _help(
         "CPUs per Train worker. Default: share the cluster's CPUs minus a reserve for Ray Data, so "
         "data tasks can always be scheduled (a 2-core laptop otherwise deadlocks).",
         default=None,
@@ -73,11 +73,11 @@ class YnatConfig:
         "Tokenize the whole dataset before training ('auto': when it has under 1M rows) instead of streaming.",
         default="auto",
     )
-    epochs: int = _help("Training epochs.", default=3)
+    epochs: int = _help("Training epochs (the tiny preset needs ~5; klue/roberta-base 1-3).", default=5)
     batch_size: int = _help("Per-worker training batch size.", default=32)
     eval_batch_size: int = _help("Batch size for evaluation and prediction.", default=128)
-    learning_rate: Optional[float] = _help(
-        "Peak AdamW learning rate. Default: 5e-5 for pretrained models, 5e-4 for presets trained from scratch.",
+    learning_rate: float | None = _help(
+        "Peak AdamW learning rate. Default: 5e-5 for pretrained models, 1e-3 for presets trained from scratch.",
         default=None,
     )
     weight_decay: float = _help("AdamW weight decay (never applied to biases or LayerNorm).", default=0.01)
@@ -92,13 +92,13 @@ class YnatConfig:
         "Where runs and checkpoints go: an absolute path or a URI (s3://, gs://). Multi-node clusters need shared storage.",
         default="~/ynat_ray_results",
     )
-    run_name: Optional[str] = _help("Run name. Default: a unique one (reusing a name resumes that run).", default=None)
+    run_name: str | None = _help("Run name. Default: a unique one (reusing a name resumes that run).", default=None)
     max_failures: int = _help("Worker-group restarts allowed; training resumes from the latest checkpoint.", default=2)
     num_to_keep: int = _help("Checkpoints to keep, the best by validation macro-F1.", default=2)
-    push_to_hub: Optional[str] = _help("After training, push the best model + tokenizer to this hub repo id.", default=None)
+    push_to_hub: str | None = _help("After training, push the best model + tokenizer to this hub repo id.", default=None)
 
     # ---- inference (evaluate / predict / serve / predict-batch) ------------------------------
-    checkpoint: Optional[str] = _help("A trained checkpoint: local dir, URI, or hub id.", default=None)
+    checkpoint: str | None = _help("A trained checkpoint: local dir, URI, or hub id.", default=None)
 
     # ---- serving ----------------------------------------------------------------------------
     host: str = _help("Address the HTTP proxy binds.", default="127.0.0.1")
@@ -117,15 +117,29 @@ class YnatConfig:
     replica_cpus: float = _help("CPUs per serving replica.", default=1.0)
     replica_gpus: float = _help("GPUs per serving replica (bf16/fp16 on GPU).", default=0.0)
     request_timeout_s: float = _help("HTTP request timeout at the proxy.", default=30.0)
+    look_back_period_s: float = _help(
+        "Autoscaling: average the ongoing-request metric over this window (Serve's default, 30 s, makes scaling sluggish).",
+        default=10.0,
+    )
+    health_check_period_s: float = _help(
+        "Seconds between replica health checks (each runs a real 1-text forward pass); also how fast a dead replica is replaced.",
+        default=10.0,
+    )
+    retry_after_s: float = _help("Retry-After header (seconds) sent with 503s for backpressure or a replica that just died.", default=1.0)
 
     # ---- batch prediction -------------------------------------------------------------------
-    input: Optional[str] = _help("predict-batch: input file/dir/glob/URI (json, jsonl, csv, parquet).", default=None)
-    output: Optional[str] = _help("predict-batch: output directory (parquet or jsonl files).", default=None)
+    input: str | None = _help("predict-batch: input file/dir/glob/URI (json, jsonl, csv, parquet).", default=None)
+    output: str | None = _help("predict-batch: output directory (parquet or jsonl files).", default=None)
     output_format: Literal["parquet", "jsonl"] = _help("predict-batch: output file format.", default="parquet")
     all_scores: bool = _help("predict-batch: also write the score of each of the 7 topics.", default=False)
     num_actors: int = _help("predict-batch: predictor actors (each loads the model once).", default=1)
     actor_cpus: float = _help("predict-batch: CPUs per predictor actor.", default=1.0)
     actor_gpus: float = _help("predict-batch: GPUs per predictor actor.", default=0.0)
+    overwrite: bool = _help(
+        "predict-batch: replace the contents of an existing --output directory (and the quarantine file); "
+        "without it a non-empty --output is an error.",
+        default=False,
+    )
 
     # -----------------------------------------------------------------------------------------
     def resolved_storage_path(self) -> str:
@@ -138,7 +152,7 @@ class YnatConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "YnatConfig":
+    def from_dict(cls, values: dict[str, Any]) -> YnatConfig:
         """Build from a dict (a YAML/JSON file); unknown keys are an error, not silently ignored."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
@@ -181,4 +195,3 @@ def parse_config(argv: list[str] | None = None, parser: Any = None) -> tuple[Yna
     outputs = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     extra = outputs[1] if len(outputs) > 1 else argparse.Namespace()
     return outputs[0], extra
-

@@ -13,9 +13,10 @@ import io
 import json
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Iterable, Optional
+from typing import Any
 
 import pandas as pd
 
@@ -33,6 +34,10 @@ class DataValidationError(ValueError):
     def __init__(self, source: str, row: int, field_name: str, reason: str):
         self.source, self.row, self.field, self.reason = source, row, field_name, reason
         super().__init__(f"{source}: row {row}: field '{field_name}': {reason}")
+
+    def __reduce__(self) -> tuple[Any, tuple[str, int, str, str]]:
+        # Picklable with its fields, so a Ray task (batch prediction's read step) can raise it to the driver.
+        return type(self), (self.source, self.row, self.field, self.reason)
 
 
 class HubUnavailableError(RuntimeError):
@@ -59,7 +64,7 @@ class BadRow:
 class Splits:
     train: pd.DataFrame
     validation: pd.DataFrame
-    test: Optional[pd.DataFrame]
+    test: pd.DataFrame | None
     bad_rows: list[BadRow] = field(default_factory=list)
 
 
@@ -248,7 +253,7 @@ def hub_split(split: str, cfg: YnatConfig) -> pd.DataFrame:
     return df
 
 
-def _sample(df: pd.DataFrame, n: Optional[int], seed: int) -> pd.DataFrame:
+def _sample(df: pd.DataFrame, n: int | None, seed: int) -> pd.DataFrame:
     if n is None or n >= len(df):
         return df
     return df.sample(n=n, random_state=seed).reset_index(drop=True)

@@ -16,7 +16,12 @@ def push_checkpoint(checkpoint_dir: str, repo_id: str, private: bool = False) ->
     api = HfApi()
     try:
         url = api.create_repo(repo_id, exist_ok=True, private=private)
-        api.upload_folder(folder_path=checkpoint_dir, repo_id=repo_id, ignore_patterns=[STATE_FILE], commit_message="ynat-ray: upload fine-tuned YNAT classifier")
+        api.upload_folder(
+            folder_path=checkpoint_dir,
+            repo_id=repo_id,
+            ignore_patterns=[STATE_FILE],
+            commit_message="ynat-ray: upload fine-tuned YNAT classifier",
+        )
     except Exception as err:  # noqa: BLE001
         raise RuntimeError(f"could not push {checkpoint_dir} to the hub repo {repo_id!r}: {err}") from err
     return str(url)

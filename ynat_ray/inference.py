@@ -8,7 +8,8 @@ three must give the same answers. Outputs keep the pipeline's shape: `[{'label':
 from __future__ import annotations
 
 import os
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,6 +24,12 @@ def resolve_checkpoint(checkpoint: str) -> str:
         return ray.train.Checkpoint(checkpoint).to_directory()
     local = checkpoint.removeprefix("file://")
     return local if os.path.isdir(local) else checkpoint
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float32, shifted by the row max so large logits cannot overflow."""
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def format_predictions(probs: np.ndarray, id2label: dict[int, str], top_k: int | None = 1) -> list[list[dict[str, Any]]]:
@@ -42,7 +49,7 @@ class TextClassifier:
         from ynat_ray.modeling import ModelLoadError, load_advice
 
         self.source = checkpoint
-        path = resolve_checkpoint(checkpoint)
+        self.path = path = resolve_checkpoint(checkpoint)  # a local directory, or the hub id as given
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
             self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False)
@@ -63,10 +70,11 @@ class TextClassifier:
         enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=True, return_tensors="pt")
         return {k: v.to(self.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
-    def probabilities(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
-        """Softmax scores, shape (len(texts), num_labels), in input order.
+    def logits(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
+        """Raw classifier scores (before softmax), shape (len(texts), num_labels), float32, in input order.
 
-        Texts are sorted by length first so each padded batch wastes little compute.
+        Texts are sorted by length first so each padded batch wastes little compute. Serving needs the
+        raw scores too (TEI's `raw_scores`, pipeline's `function_to_apply`), so this is the one forward pass.
         """
         import torch
 
@@ -76,9 +84,12 @@ class TextClassifier:
         with torch.inference_mode(), autocast(self.precision, self.device.type):
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
-                logits = self.model(**self.encode([texts[i] for i in idx])).logits
-                out[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+                out[idx] = self.model(**self.encode([texts[i] for i in idx])).logits.float().cpu().numpy()
         return out
+
+    def probabilities(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
+        """Softmax scores, shape (len(texts), num_labels), in input order."""
+        return softmax(self.logits(texts, batch_size))
 
     def __call__(self, texts: str | Sequence[str], top_k: int | None = 1) -> list[Any]:
         """pipeline-shaped output: a list with one dict per input (a list of dicts per input when top_k != 1)."""

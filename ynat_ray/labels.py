@@ -19,7 +19,7 @@ def label_to_id(value: object) -> int:
     """
     if isinstance(value, bool):
         raise TypeError(f"label must be an int id or a topic name, got bool {value!r}")
-    if isinstance(value, int) or (hasattr(value, "dtype") and getattr(value, "dtype").kind in "iu"):
+    if isinstance(value, int) or (hasattr(value, "dtype") and value.dtype.kind in "iu"):
         idx = int(value)  # type: ignore[arg-type]
     elif isinstance(value, float):
         if not value.is_integer():

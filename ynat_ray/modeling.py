@@ -8,8 +8,9 @@ real model; nothing ever switches between the two silently.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from ynat_ray.labels import ID2LABEL, LABEL2ID, NUM_LABELS
 
@@ -43,7 +44,7 @@ def is_preset(name: str) -> bool:
 
 def default_learning_rate(model: str) -> float:
     """Fine-tuning a pretrained encoder wants a small LR; a from-scratch preset a larger one."""
-    return 5e-4 if is_preset(model) else 5e-5
+    return 1e-3 if is_preset(model) else 5e-5
 
 
 def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int, max_length: int) -> Any:

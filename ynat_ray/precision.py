@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, ContextManager
+from typing import Any
 
 
 @functools.lru_cache(maxsize=1)
@@ -37,7 +37,7 @@ def resolve_precision(precision: str, device_type: str) -> str:
     return "bf16" if cpu_has_bf16() else "fp32"
 
 
-def autocast(precision: str, device_type: str) -> ContextManager[Any]:
+def autocast(precision: str, device_type: str) -> contextlib.AbstractContextManager[Any]:
     """torch.autocast for bf16, a no-op for fp32."""
     if precision == "bf16":
         import torch

@@ -16,9 +16,10 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any
 
 from ynat_ray.config import YnatConfig
 
@@ -117,7 +118,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
 
     start_epoch, history = 0, []
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = ray.train.get_checkpoint()  # set when FailureConfig restarted the workers
     if checkpoint:
         with checkpoint.as_directory() as ckpt_dir:
             core.load_state_dict(load_file(os.path.join(ckpt_dir, "model.safetensors"), device=str(device)), strict=False)
@@ -128,6 +129,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             print(f"[ynat-ray] resumed from the checkpoint of epoch {start_epoch}", flush=True)
 
+    resumed_from = start_epoch
     collate = PadCollate(tokenizer.pad_token_id)
     train_shard = ray.train.get_dataset_shard("train")
     if rank == 0:
@@ -163,6 +165,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "train_loss": loss_sum / max(seen, 1),
             "train_samples_per_s": seen * world / elapsed,
             "epoch_time_s": elapsed,
+            "resumed_from_epoch": resumed_from,
         }
         if rank != 0:
             ray.train.report(metrics, checkpoint=None)
@@ -221,6 +224,8 @@ def run_training(cfg: YnatConfig) -> TrainOutcome:
     from ynat_ray.resources import plan_workers
 
     init_ray()
+    # Our loop prints its own progress; Ray Data's per-dataset bars would bury it.
+    ray.data.DataContext.get_current().enable_progress_bars = False
     run_name = cfg.run_name or unique_run_name(cfg.model)
     storage = cfg.resolved_storage_path()
     artifacts = artifacts_dir_for(storage, run_name)
@@ -259,7 +264,9 @@ def run_training(cfg: YnatConfig) -> TrainOutcome:
             name=run_name,
             storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep, checkpoint_score_attribute=SCORE_METRIC, checkpoint_score_order="max"),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.num_to_keep, checkpoint_score_attribute=SCORE_METRIC, checkpoint_score_order="max"
+            ),
         ),
         datasets=datasets,
         # Only the training set is sharded; rank 0 scores the whole validation set.

@@ -1,0 +1,136 @@
+"""Readers and validation: every format, every bad-row case, splits, quarantine. No Ray needed."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from ynat_ray.config import YnatConfig
+from ynat_ray.data import (
+    DataValidationError,
+    HubUnavailableError,
+    embedded_split,
+    expand_paths,
+    hub_split,
+    load_splits,
+    read_rows,
+)
+from ynat_ray.labels import LABELS
+
+ROWS = [
+    {"guid": "ynat-v1_train_00000", "title": "유튜브 내달 2일까지 크리에이터 지원 공간 운영", "label": 3, "url": None, "date": None},
+    {"guid": "ynat-v1_train_00001", "title": "어버이날 맑다가 흐려져…남부지방 옅은 황사", "label": 3, "url": None, "date": None},
+    {"guid": "ynat-v1_train_00002", "title": "내년부터 국가RD 평가 때 논문건수는 반영 않는다", "label": 2, "url": None, "date": None},
+]
+
+
+def write(path, rows, fmt: str) -> str:
+    if fmt == "jsonl":
+        path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    elif fmt == "json":  # the KLUE original: one JSON array, labels as Korean names
+        path.write_text(
+            json.dumps([{**r, "label": LABELS[r["label"]]} if isinstance(r.get("label"), int) else r for r in rows], ensure_ascii=False)
+        )
+    elif fmt == "csv":
+        pd.DataFrame(rows).to_csv(path, index=False)
+    elif fmt == "parquet":
+        pd.DataFrame(rows).to_parquet(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "parquet"])
+def test_each_format_reads_the_same_rows(tmp_path, fmt):
+    path = write(tmp_path / f"train.{fmt}", ROWS, fmt)
+    df = read_rows(path, YnatConfig())
+    assert df["title"].tolist() == [r["title"] for r in ROWS]
+    assert df["label"].tolist() == [3, 3, 2]
+    assert df["guid"].tolist() == [r["guid"] for r in ROWS]
+
+
+def test_directory_and_glob(tmp_path):
+    write(tmp_path / "a.jsonl", ROWS[:2], "jsonl")
+    write(tmp_path / "b.csv", ROWS[2:], "csv")
+    (tmp_path / "notes.txt").write_text("ignored")
+    assert len(read_rows(str(tmp_path), YnatConfig())) == 3
+    assert expand_paths(str(tmp_path / "*.jsonl")) == [str(tmp_path / "a.jsonl")]
+    with pytest.raises(FileNotFoundError):
+        expand_paths(str(tmp_path / "missing.jsonl"))
+
+
+def test_custom_columns_and_label_names(tmp_path):
+    rows = [{"id": 1, "headline": "증시 상승 마감", "topic": "경제"}, {"id": 2, "headline": "손흥민 시즌 10호골", "topic": "5"}]
+    path = write(tmp_path / "x.jsonl", rows, "jsonl")
+    df = read_rows(path, YnatConfig(text_column="headline", label_column="topic"))
+    assert df["label"].tolist() == [1, 5]
+    assert df["title"].tolist() == ["증시 상승 마감", "손흥민 시즌 10호골"]
+
+
+BAD_CASES = [
+    ({"title": None, "label": 1}, "title", "missing"),
+    ({"label": 1}, "title", "missing"),
+    ({"title": "   ", "label": 1}, "title", "empty"),
+    ({"title": 12345, "label": 1}, "title", "wrong type"),
+    ({"title": "정상 제목", "label": "연예"}, "label", "unknown label"),
+    ({"title": "정상 제목", "label": 9}, "label", "unknown label"),
+    ({"title": "정상 제목", "label": [1]}, "label", "wrong type"),
+    ({"title": "정상 제목", "label": None}, "label", "missing"),
+]
+
+
+@pytest.mark.parametrize(("bad", "field", "reason"), BAD_CASES)
+def test_bad_row_names_file_row_and_field(tmp_path, bad, field, reason):
+    path = write(tmp_path / "train.jsonl", [ROWS[0], ROWS[1], bad], "jsonl")
+    with pytest.raises(DataValidationError) as info:
+        read_rows(path, YnatConfig())
+    err = info.value
+    assert (err.source, err.row, err.field) == (path, 3, field)
+    assert reason in str(err) and path in str(err) and "row 3" in str(err)
+
+
+def test_invalid_json_line_is_named(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text(json.dumps(ROWS[0], ensure_ascii=False) + "\n{not json\n", encoding="utf-8")
+    with pytest.raises(DataValidationError, match=r"broken.jsonl: row 2"):
+        read_rows(str(path), YnatConfig())
+
+
+def test_skip_mode_quarantines_and_counts(tmp_path):
+    data = tmp_path / "train.jsonl"
+    write(data, [ROWS[0], {"title": "", "label": 1}, ROWS[1], {"title": "x", "label": "연예"}, ROWS[2]], "jsonl")
+    cfg = YnatConfig(data=str(data), validation_size=1, on_bad_rows="skip")
+    splits = load_splits(cfg)
+    assert len(splits.train) + len(splits.validation) == 3
+    assert [(b.row, b.field) for b in splits.bad_rows] == [(2, "title"), (4, "label")]
+    from ynat_ray.data import write_quarantine
+
+    out = tmp_path / "q" / "quarantine.jsonl"
+    assert write_quarantine(splits.bad_rows, str(out)) == 2
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert lines[1]["record"]["label"] == "연예" and lines[1]["row"] == 4
+
+
+def test_embedded_default_is_the_notebook_sized_real_subsample():
+    train, valid, test = embedded_split("train"), embedded_split("validation"), embedded_split("test")
+    assert (len(train), len(valid), len(test)) == (10_000, 1_000, 1_000)
+    assert set(valid["guid"]).isdisjoint(test["guid"])
+    assert set(train["label"]) == set(range(7))
+    assert train["guid"].str.startswith("ynat-v1_train_").all() and test["guid"].str.startswith("ynat-v1_dev_").all()
+
+
+def test_splits_are_reproducible_and_subsampled(tmp_path):
+    rows = [{"title": f"제목 {i}", "label": i % 7} for i in range(60)]
+    data = write(tmp_path / "t.jsonl", rows, "jsonl")
+    cfg = YnatConfig(data=data, validation_size=10, max_train_samples=20, seed=7)
+    a, b = load_splits(cfg), load_splits(cfg)
+    assert a.train["title"].tolist() == b.train["title"].tolist() and len(a.train) == 20
+    assert len(a.validation) == 10 and set(a.validation["title"]).isdisjoint(a.train["title"])
+    c = load_splits(YnatConfig(data=data, validation_size=10, max_train_samples=20, seed=8))
+    assert c.train["title"].tolist() != a.train["title"].tolist()
+
+
+def test_hub_unreachable_names_the_offline_alternative():
+    # conftest sets HF_HUB_OFFLINE=1: the same failure a machine without the hub gets, without waiting on retries.
+    with pytest.raises(HubUnavailableError, match="--data embedded"):
+        hub_split("validation", YnatConfig(data="hub"))

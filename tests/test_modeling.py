@@ -1,0 +1,88 @@
+"""Tokenizer/model invariants, CPU planning and config parsing. No Ray cluster needed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ynat_ray.config import YnatConfig, build_parser, parse_config
+from ynat_ray.data import embedded_split
+from ynat_ray.labels import ID2LABEL, LABELS
+from ynat_ray.modeling import ModelLoadError, build_model, check_compatible, load_tokenizer
+from ynat_ray.resources import plan_workers
+
+MAX_LEN = 32
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("ynat-tiny", MAX_LEN, embedded_split("train")["title"].head(3000), vocab_size=4000)
+
+
+def test_special_tokens_have_roberta_ids(tokenizer):
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in ("[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]")]
+    assert ids == [0, 1, 2, 3, 4]
+    enc = tokenizer("유튜브 크리에이터 지원")["input_ids"]
+    assert enc[0] == tokenizer.cls_token_id and enc[-1] == tokenizer.sep_token_id
+
+
+def test_hangul_stays_whole_and_case_is_kept(tokenizer):
+    tokens = tokenizer.tokenize("유튜브 내달 운영")
+    assert "유튜브" in tokens  # lowercasing normalizers would split syllables into jamo (ㅇ ㅠ ...)
+    assert not any("\u1100" <= ch <= "\u11ff" for tok in tokens for ch in tok)
+    assert tokenizer.tokenize("AI")[0] != tokenizer.tokenize("ai")[0]
+
+
+def test_model_config_matches_tokenizer_and_labels(tokenizer):
+    model = build_model("ynat-tiny", tokenizer, MAX_LEN)
+    cfg = model.config
+    assert cfg.max_position_embeddings == MAX_LEN + 2
+    assert cfg.pad_token_id == tokenizer.pad_token_id == 1
+    assert {int(k): v for k, v in cfg.id2label.items()} == ID2LABEL and list(cfg.label2id) == list(LABELS)
+    # The longest allowed input runs (position ids reach max_length + 1).
+    long_text = " ".join(["경제"] * 500)
+    enc = tokenizer([long_text, "짧은 제목"], truncation=True, max_length=MAX_LEN, padding=True, return_tensors="pt")
+    assert enc["input_ids"].shape[1] == MAX_LEN
+    with torch.no_grad():
+        logits = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits
+    assert logits.shape == (2, 7)
+
+
+def test_incompatible_pad_or_positions_are_refused(tokenizer):
+    model = build_model("ynat-tiny", tokenizer, MAX_LEN)
+    model.config.pad_token_id = 0
+    with pytest.raises(ValueError, match="pad_token_id"):
+        check_compatible(tokenizer, model.config, MAX_LEN)
+    model.config.pad_token_id = 1
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        check_compatible(tokenizer, model.config, MAX_LEN + 1)
+
+
+def test_unreachable_model_names_the_presets():
+    # conftest sets HF_HUB_OFFLINE=1, so this is what a user without the hub sees.
+    with pytest.raises(ModelLoadError, match="ynat-tiny"):
+        load_tokenizer("klue/roberta-base", MAX_LEN)
+
+
+def test_cpu_plan_leaves_room_for_ray_data():
+    plan = plan_workers(2, 2.0)
+    assert plan.cpus_per_worker * 2 + plan.data_reserve_cpus <= 2.0 and plan.torch_threads == 1
+    assert plan_workers(1, 16.0).cpus_per_worker == 14.0
+    assert plan_workers(4, 8.0, use_gpu=True).resources() == {"CPU": 1.0, "GPU": 1}
+    with pytest.raises(ValueError, match="no CPU for Ray Data"):
+        plan_workers(2, 2.0, cpus_per_worker=1.0)
+
+
+def test_config_file_and_flags_share_one_object(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("epochs: 7\nmodel: klue/roberta-base\nnum_workers: 4\n")
+    cfg, _ = parse_config(["--config", str(path), "--epochs", "2", "--use_gpu"])
+    assert (cfg.epochs, cfg.model, cfg.num_workers, cfg.use_gpu) == (2, "klue/roberta-base", 4, True)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epoch: 3\n")
+    with pytest.raises(ValueError, match="unknown config keys: epoch"):
+        parse_config(["--config", str(bad)])
+    assert YnatConfig(storage_path="relative/dir").resolved_storage_path().startswith("/")
+    assert YnatConfig(storage_path="s3://bucket/runs").resolved_storage_path() == "s3://bucket/runs"
+    helps = [a.help for a in build_parser()._actions if a.dest != "help"]
+    assert all(helps), "every option has help text"

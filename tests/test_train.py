@@ -1,0 +1,97 @@
+"""Real TorchTrainer fits on the session cluster: 2 workers on 2 CPUs, resume after a worker dies,
+pipeline() on the checkpoint, the CLI, and `ray job submit` with auth on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ynat_ray.labels import LABELS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_two_worker_fit_streams_data_without_deadlock(trained):
+    # The fixture ran the default CPU plan with 2 workers on a 2-CPU cluster, streaming (not materialized).
+    assert [h["epoch"] for h in trained.history] == [1, 2]
+    assert all(h["val_rows"] == 300 for h in trained.history), "validation must not lose rows to sharding"
+    assert trained.history[-1]["train_loss"] < trained.history[0]["train_loss"]
+    final = trained.final_metrics
+    assert final["split"] == "test" and final["num_rows"] == 300
+    assert 0.0 <= final["macro_f1"] <= 1.0 and set(final["per_class_f1"]) == set(LABELS)
+    assert final["accuracy"] > 1 / 7, "two epochs must beat chance"
+
+
+def test_checkpoint_is_a_pipeline_ready_hf_directory(checkpoint_dir):
+    from transformers import pipeline
+
+    from ynat_ray.inference import TextClassifier
+
+    files = set(os.listdir(checkpoint_dir))
+    assert {"config.json", "model.safetensors", "tokenizer.json", "ynat_run_config.json", "metrics.json"} <= files
+    config = json.loads(Path(checkpoint_dir, "config.json").read_text(encoding="utf-8"))
+    assert list(config["id2label"].values()) == list(LABELS)
+    titles = ["유튜브 내달 2일까지 크리에이터 지원 공간 운영", "코스피 외국인 매수에 상승 마감", "손흥민 시즌 10호골"]
+    out = pipeline("text-classification", model=checkpoint_dir)(titles)
+    assert [set(o) for o in out] == [{"label", "score"}] * 3 and all(o["label"] in LABELS for o in out)
+    ours = TextClassifier(checkpoint_dir)(titles)
+    assert [o["label"] for o in ours] == [o["label"] for o in out]
+    assert all(abs(a["score"] - b["score"]) < 1e-4 for a, b in zip(ours, out))
+
+
+def test_artifacts_for_people(trained):
+    art = Path(trained.artifacts_dir)
+    for name in ("metrics_history.json", "metrics_history.csv", "learning_curve.png", "confusion_matrix.png", "final_metrics.json"):
+        assert (art / name).stat().st_size > 0, name
+    assert (art / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(trained.examples) == 3 and all(e["label"] in LABELS for e in trained.examples)
+
+
+def test_worker_death_resumes_from_checkpoint(ray_session, storage, monkeypatch):
+    from ynat_ray.config import YnatConfig
+    from ynat_ray.train import FAIL_AT_EPOCH_ENV, run_training
+
+    monkeypatch.setenv(FAIL_AT_EPOCH_ENV, "1")  # the last worker exits at the start of epoch 2, once
+    cfg = YnatConfig(
+        max_train_samples=400, max_eval_samples=100, epochs=2, num_workers=2, storage_path=storage, log_every=0, max_failures=1
+    )
+    outcome = run_training(cfg)
+    assert [h["epoch"] for h in outcome.history] == [1, 2]
+    assert outcome.history[0]["resumed_from_epoch"] == 0
+    assert outcome.history[1]["resumed_from_epoch"] == 1, "epoch 2 must come from a restarted worker group"
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "ynat_ray.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def test_cli_predict_and_evaluate(checkpoint_dir):
+    out = run_cli("predict", "--checkpoint", checkpoint_dir, "코스피 외국인 매수에 상승 마감", "유튜브 크리에이터 지원")
+    assert out.returncode == 0, out.stderr
+    preds = json.loads(out.stdout)
+    assert len(preds) == 2 and all(p["label"] in LABELS and 0 < p["score"] <= 1 for p in preds)
+    out = run_cli("evaluate", "--checkpoint", checkpoint_dir, "--max_eval_samples", "200")
+    assert out.returncode == 0, out.stderr
+    assert "macro-F1" in out.stdout and "confusion matrix" in out.stdout and "생활문화" in out.stdout
+    out = run_cli("predict")
+    assert out.returncode != 0 and "texts" in out.stderr
+
+
+@pytest.mark.slow
+def test_ray_job_submit_with_auth(ray_cluster, storage):
+    """`ray job submit --working-dir . -- python jobs/train.py` against a `ray start --head` cluster, token auth on."""
+    cmd = [
+        str(Path(sys.executable).with_name("ray")), "job", "submit", "--address", ray_cluster.dashboard_url, "--working-dir", str(REPO),
+        "--", "python", "jobs/train.py", "--max_train_samples", "300", "--max_eval_samples", "100", "--epochs", "1",
+        "--num_workers", "1", "--log_every", "0", "--storage_path", storage, "--run_name", "submitted-job",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ray_cluster.env, cwd=REPO)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "succeeded" in done.stdout and "macro-F1" in done.stdout
+    assert (Path(storage) / "submitted-job" / "artifacts" / "final_metrics.json").exists()
