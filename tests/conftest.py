@@ -93,11 +93,11 @@ def trained(ray_session: Cluster, storage: str):
     from ynat_ray.train import run_training
 
     cfg = YnatConfig(
-        max_train_samples=1200,
+        max_train_samples=2000,
         max_eval_samples=300,
-        epochs=2,
+        epochs=3,
         num_workers=2,
-        batch_size=32,
+        batch_size=8,
         storage_path=storage,
         log_every=0,
         materialize="no",

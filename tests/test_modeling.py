@@ -67,6 +67,8 @@ def test_unreachable_model_names_the_presets():
 def test_cpu_plan_leaves_room_for_ray_data():
     plan = plan_workers(2, 2.0)
     assert plan.cpus_per_worker * 2 + plan.data_reserve_cpus <= 2.0 and plan.torch_threads == 1
+    # a tokenize task (Ray Data's default asks for 1 CPU) must fit beside the workers, or streaming hangs
+    assert plan.data_task_cpus <= 2.0 - plan.cpus_per_worker * 2
     assert plan_workers(1, 16.0).cpus_per_worker == 14.0
     assert plan_workers(4, 8.0, use_gpu=True).resources() == {"CPU": 1.0, "GPU": 1}
     with pytest.raises(ValueError, match="no CPU for Ray Data"):

@@ -18,13 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_two_worker_fit_streams_data_without_deadlock(trained):
     # The fixture ran the default CPU plan with 2 workers on a 2-CPU cluster, streaming (not materialized).
-    assert [h["epoch"] for h in trained.history] == [1, 2]
+    assert [h["epoch"] for h in trained.history] == [1, 2, 3]
     assert all(h["val_rows"] == 300 for h in trained.history), "validation must not lose rows to sharding"
     assert trained.history[-1]["train_loss"] < trained.history[0]["train_loss"]
     final = trained.final_metrics
     assert final["split"] == "test" and final["num_rows"] == 300
     assert 0.0 <= final["macro_f1"] <= 1.0 and set(final["per_class_f1"]) == set(LABELS)
-    assert final["accuracy"] > 1 / 7, "two epochs must beat chance"
+    assert final["macro_f1"] > 0.2, "must beat chance (0.14) and the majority class (macro-F1 ~0.08)"
 
 
 def test_checkpoint_is_a_pipeline_ready_hf_directory(checkpoint_dir):

@@ -26,8 +26,13 @@ def tokenize_batch(batch: pd.DataFrame, tokenizer: Any, max_length: int) -> pa.T
     )
 
 
-def to_token_dataset(rows: pd.DataFrame, tokenizer: Any, max_length: int, *, materialize: bool, blocks: int = 8) -> Any:
-    """A Ray Dataset of token ids built from validated rows (tokenized in Ray Data tasks)."""
+def to_token_dataset(
+    rows: pd.DataFrame, tokenizer: Any, max_length: int, *, materialize: bool, task_cpus: float = 1.0, blocks: int = 8
+) -> Any:
+    """A Ray Dataset of token ids built from validated rows (tokenized in Ray Data tasks).
+
+    `task_cpus` must fit in the CPUs that Train workers leave free, or streaming stalls forever.
+    """
     import ray
 
     frame = rows[["title", "label"]].reset_index(drop=True)
@@ -38,6 +43,7 @@ def to_token_dataset(rows: pd.DataFrame, tokenizer: Any, max_length: int, *, mat
         fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},
         batch_format="pandas",
         batch_size=1024,
+        num_cpus=task_cpus,
     )
     return ds.materialize() if materialize else ds
 

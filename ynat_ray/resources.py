@@ -17,6 +17,11 @@ class WorkerPlan:
     data_reserve_cpus: float
     torch_threads: int
 
+    @property
+    def data_task_cpus(self) -> float:
+        """CPUs each Ray Data task asks for: at most the reserve, so one always fits beside the workers."""
+        return min(1.0, self.data_reserve_cpus)
+
     def resources(self) -> dict[str, float]:
         res = {"CPU": self.cpus_per_worker}
         if self.gpus_per_worker:

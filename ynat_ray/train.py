@@ -27,8 +27,8 @@ RUN_CONFIG_FILE = "ynat_run_config.json"
 METRICS_FILE = "metrics.json"
 STATE_FILE = "training_state.pt"
 SCORE_METRIC = "val_macro_f1"
-# Test hook: make the last worker exit (as if its node died) at the start of this 0-based epoch,
-# once per run. The driver reads it and hands it to the workers.
+# Test hook: make the last worker exit (as if its node died) after the first step of this 0-based
+# epoch, once per run. The driver reads it and hands it to the workers.
 FAIL_AT_EPOCH_ENV = "YNAT_RAY_FAIL_AT_EPOCH"
 
 
@@ -136,9 +136,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         print(f"[ynat-ray] {world} worker(s) on {device.type}, precision {precision}, {steps_per_epoch} steps/epoch", flush=True)
 
     for epoch in range(start_epoch, cfg.epochs):
-        if loop_config.get("fail_at_epoch") == epoch and checkpoint is None and rank == world - 1:
-            print(f"[ynat-ray] {FAIL_AT_EPOCH_ENV}: worker {rank} exiting at epoch {epoch}", flush=True)
-            os._exit(1)
         model.train()
         started, loss_sum, seen = time.perf_counter(), 0.0, 0
         batches = train_shard.iter_torch_batches(
@@ -157,6 +154,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             optimizer.zero_grad(set_to_none=True)
             loss_sum += float(loss) * batch["labels"].shape[0]
             seen += batch["labels"].shape[0]
+            if loop_config.get("fail_at_epoch") == epoch and checkpoint is None and rank == world - 1:
+                _die_for_test(rank, epoch)
             if rank == 0 and cfg.log_every and step % cfg.log_every == 0:
                 print(f"[ynat-ray] epoch {epoch + 1}/{cfg.epochs} step {step}/{steps_per_epoch} loss {float(loss):.4f}", flush=True)
         elapsed = time.perf_counter() - started
@@ -185,6 +184,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history}
             save_checkpoint(tmp, core, tokenizer, cfg, history, state)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _die_for_test(rank: int, epoch: int) -> None:
+    """FAIL_AT_EPOCH_ENV hook: exit mid-epoch like a lost node, once the last checkpoint is committed."""
+    import ray.train
+
+    ray.train.get_all_reported_checkpoints(timeout_s=120)
+    print(f"[ynat-ray] {FAIL_AT_EPOCH_ENV}: worker {rank} exiting during epoch {epoch + 1}", flush=True)
+    os._exit(1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,12 +249,12 @@ def run_training(cfg: YnatConfig) -> TrainOutcome:
     )
     tokenizer = load_tokenizer(cfg.model, cfg.max_length, splits.train["title"], cfg.vocab_size)
     materialize = cfg.materialize == "yes" or (cfg.materialize == "auto" and len(splits.train) < 1_000_000)
-    datasets = {
-        "train": to_token_dataset(splits.train, tokenizer, cfg.max_length, materialize=materialize),
-        "validation": to_token_dataset(splits.validation, tokenizer, cfg.max_length, materialize=materialize),
-    }
     plan = plan_workers(cfg.num_workers, ray.cluster_resources().get("CPU", 1.0), use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker)
     print(f"[ynat-ray] {cfg.num_workers} worker(s) x {plan.resources()}; {plan.data_reserve_cpus:g} CPU left for Ray Data", flush=True)
+    datasets = {
+        name: to_token_dataset(rows, tokenizer, cfg.max_length, materialize=materialize, task_cpus=plan.data_task_cpus)
+        for name, rows in (("train", splits.train), ("validation", splits.validation))
+    }
     fail_at = os.environ.get(FAIL_AT_EPOCH_ENV)
 
     trainer = TorchTrainer(
