@@ -138,6 +138,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         started, loss_sum, seen = time.perf_counter(), 0.0, 0
+        steady_start, steady_seen = None, 0  # throughput after the first step (excludes pipeline start-up)
         batches = train_shard.iter_torch_batches(
             batch_size=cfg.batch_size,
             collate_fn=collate,
@@ -154,15 +155,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             optimizer.zero_grad(set_to_none=True)
             loss_sum += float(loss) * batch["labels"].shape[0]
             seen += batch["labels"].shape[0]
+            if steady_start is None:
+                steady_start, steady_seen = time.perf_counter(), seen
             if loop_config.get("fail_at_epoch") == epoch and checkpoint is None and rank == world - 1:
                 _die_for_test(rank, epoch)
             if rank == 0 and cfg.log_every and step % cfg.log_every == 0:
                 print(f"[ynat-ray] epoch {epoch + 1}/{cfg.epochs} step {step}/{steps_per_epoch} loss {float(loss):.4f}", flush=True)
-        elapsed = time.perf_counter() - started
+        now = time.perf_counter()
+        elapsed = now - started
+        steady_s = now - steady_start if steady_start is not None else 0.0
         metrics: dict[str, Any] = {
             "epoch": epoch + 1,
             "train_loss": loss_sum / max(seen, 1),
-            "train_samples_per_s": seen * world / elapsed,
+            "train_samples_per_s": (seen - steady_seen) * world / steady_s if steady_s > 0 else 0.0,
             "epoch_time_s": elapsed,
             "resumed_from_epoch": resumed_from,
         }
