@@ -43,7 +43,6 @@ class TextClassifier:
     """A checkpoint's tokenizer and model, loaded once, predicting in dynamically padded batches."""
 
     def __init__(self, checkpoint: str, *, use_gpu: bool | None = None, precision: str = "auto", max_length: int | None = None):
-        import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         from ynat_ray.modeling import ModelLoadError, load_advice
@@ -63,7 +62,6 @@ class TextClassifier:
         self.max_length = min(x for x in (max_length, self.tokenizer.model_max_length, limit) if x)
         self.id2label = {int(k): v for k, v in config.id2label.items()}
         self.labels = [self.id2label[i] for i in range(len(self.id2label))]
-        torch.set_grad_enabled(False)
 
     def encode(self, texts: Sequence[str]) -> dict[str, Any]:
         """Tokenize with truncation and padding to the longest text in this batch only."""
