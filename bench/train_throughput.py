@@ -125,7 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="embedded", help="'embedded' or a YNAT file (e.g. ../shared/data/ynat/partial_train.jsonl)")
     parser.add_argument("--rows", type=int, default=2048, help="Training rows per throughput measurement.")
-    parser.add_argument("--models", nargs="+", default=["ynat-tiny", "ynat-small"], help="Presets to measure.")
+    parser.add_argument("--models", nargs="*", default=["ynat-tiny", "ynat-small"], help="Presets to measure.")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], help="fp32 and/or bf16 autocast.")
     parser.add_argument("--skip-wall-clock", action="store_true", help="Skip the default-job vs TF-IDF comparison.")
     args = parser.parse_args()
