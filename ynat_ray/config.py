@@ -118,8 +118,9 @@ class YnatConfig:
     replica_gpus: float = _help("GPUs per serving replica (bf16/fp16 on GPU).", default=0.0)
     request_timeout_s: float = _help("HTTP request timeout at the proxy.", default=30.0)
     look_back_period_s: float = _help(
-        "Autoscaling: average the ongoing-request metric over this window (Serve's default, 30 s, makes scaling sluggish).",
-        default=10.0,
+        "Autoscaling: average the ongoing-request metric over this window (Serve's default, 30 s, makes scaling sluggish; "
+        "keep it above Serve's 10 s metrics push interval).",
+        default=15.0,
     )
     health_check_period_s: float = _help(
         "Seconds between replica health checks (each runs a real 1-text forward pass); also how fast a dead replica is replaced.",

@@ -1,0 +1,444 @@
+"""The Ray Serve application end to end: real Serve on the session cluster, real HTTP (httpx), the trained checkpoint.
+
+One app (`ynat`, route /) serves the whole module; the backpressure and timeout tests deploy a small
+second app next to it and delete it. Every load loop is bounded by a request count and a deadline.
+Serve is shut down at the end so the other modules get the cluster's 2 CPUs back.
+
+Set YNAT_TEST_CHECKPOINT=DIR to reuse an existing checkpoint instead of training one (only to iterate
+on this module alone; CI uses the `checkpoint_dir` fixture).
+"""
+
+import asyncio
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from conftest import free_port
+
+from ynat_ray import __version__
+from ynat_ray.config import YnatConfig
+from ynat_ray.data import embedded_split
+from ynat_ray.labels import LABELS
+
+# Nothing here imports ray at module level (ynat_ray.serving does): Ray reads RAY_AUTH_MODE when it is
+# first imported, and conftest sets it to 'token' only when the session cluster starts.
+APP_NAME = "ynat"
+REPLICA_CLASS = f"ServeReplica:{APP_NAME}:YnatClassifier"
+SCORE_TOL = 1e-4
+
+
+@dataclass
+class Server:
+    url: str
+    cfg: YnatConfig
+    checkpoint: str
+
+
+@pytest.fixture(scope="module")
+def served_checkpoint(request: pytest.FixtureRequest) -> str:
+    return os.environ.get("YNAT_TEST_CHECKPOINT") or request.getfixturevalue("checkpoint_dir")
+
+
+def _cfg(checkpoint: str, **overrides: Any) -> YnatConfig:
+    """Small replicas (2 fit in the 2-CPU test cluster next to the ingress) and fast autoscaling/health checks."""
+    values: dict[str, Any] = dict(
+        checkpoint=checkpoint,
+        replica_cpus=0.5,
+        min_replicas=1,
+        max_replicas=2,
+        target_ongoing_requests=2,
+        upscale_delay_s=1.0,
+        downscale_delay_s=2.0,
+        look_back_period_s=11.0,
+        health_check_period_s=1.0,
+        max_batch_size=16,
+        max_ongoing_requests=32,
+        batch_wait_timeout_s=0.05,
+        max_texts_per_request=8,
+        max_chars_per_text=300,
+        max_queued_requests=64,
+        request_timeout_s=20.0,
+    )
+    values.update(overrides)
+    return YnatConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def server(ray_session, served_checkpoint: str):
+    from ray import serve
+
+    from ynat_ray import serving
+
+    assert serving.APP_NAME == APP_NAME
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    cfg = _cfg(served_checkpoint)
+    serve.run(serving.build_app(cfg), name=APP_NAME, route_prefix="/")
+    try:
+        yield Server(f"http://127.0.0.1:{port}", cfg, served_checkpoint)
+    finally:
+        serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def titles() -> list[str]:
+    return embedded_split("test")["title"].tolist()[:40]
+
+
+@pytest.fixture(scope="module")
+def pipe(served_checkpoint: str):
+    """The reference: transformers' own pipeline on the same checkpoint, all labels, truncating like the server."""
+    from transformers import pipeline
+
+    return pipeline("text-classification", model=served_checkpoint, top_k=None, device=-1, truncation=True)
+
+
+def post(url: str, body: Any = None, *, content: str | None = None, **kw: Any) -> httpx.Response:
+    if content is None:
+        content = json.dumps(body, ensure_ascii=False)
+    return httpx.post(f"{url}/predict", content=content.encode(), headers={"content-type": "application/json"}, timeout=30, **kw)
+
+
+def assert_same(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
+    assert [p["label"] for p in got] == [p["label"] for p in want]
+    np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in want], atol=SCORE_TOL)
+
+
+def replicas(state: str = "RUNNING") -> int:
+    from ray import serve
+
+    deployment = serve.status().applications[APP_NAME].deployments["YnatClassifier"]
+    return int(deployment.replica_states.get(state, 0))
+
+
+# ---- info, health, readiness --------------------------------------------------------------------
+def test_info_health_and_readiness(server: Server) -> None:
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{server.url}/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    for path in ("/", "/info"):
+        info = httpx.get(f"{server.url}{path}").json()
+        assert info["labels"] == list(LABELS)
+        assert info["model_id"] == server.checkpoint and len(info["model_sha"]) == 16
+        assert info["max_input_length"] == server.cfg.max_length
+        assert info["version"] == __version__
+        assert info["max_texts_per_request"] == 8 and info["max_chars_per_text"] == 300
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    assert {"PredictRequest", "Parameters", "Prediction"} <= set(schema["components"]["schemas"])
+    assert httpx.get(f"{server.url}/docs").status_code == 200
+
+
+# ---- the happy path, against transformers.pipeline ----------------------------------------------
+def test_single_and_batch_match_pipeline(server: Server, titles: list[str], pipe) -> None:
+    single = post(server.url, {"inputs": titles[0]})
+    assert single.status_code == 200, single.text
+    assert single.headers["content-type"] == "application/json"
+    (got,) = single.json()  # one list per input, like pipeline(str, top_k=None)
+    assert len(got) == len(LABELS)
+    assert_same(got, pipe(titles[0])[0])
+
+    batch = post(server.url, {"inputs": titles[:8]})
+    assert batch.status_code == 200, batch.text
+    for got, want in zip(batch.json(), pipe(titles[:8]), strict=True):
+        assert_same(got, want)
+
+    top2 = post(server.url, {"inputs": titles[1:3], "parameters": {"top_k": 2}}).json()
+    for got, want in zip(top2, pipe(titles[1:3]), strict=True):
+        assert_same(got, want[:2])
+
+    raw = post(server.url, {"inputs": titles[3], "raw_scores": True}).json()[0]  # TEI's raw_scores: logits
+    assert_same(raw, pipe(titles[3], function_to_apply="none")[0])
+    sig = post(server.url, {"inputs": titles[3], "parameters": {"function_to_apply": "sigmoid"}}).json()[0]
+    assert_same(sig, pipe(titles[3], function_to_apply="sigmoid")[0])
+
+
+def test_curl_style_form_content_type_is_read_as_json(server: Server, titles: list[str], pipe) -> None:
+    """`curl -d '{...}'` sends application/x-www-form-urlencoded; the README's example must still work."""
+    body = json.dumps({"inputs": titles[4]}, ensure_ascii=False).encode()
+    resp = httpx.post(f"{server.url}/predict", content=body, headers={"content-type": "application/x-www-form-urlencoded"})
+    assert resp.status_code == 200, resp.text
+    assert_same(resp.json()[0], pipe(titles[4])[0])
+
+
+def test_over_long_text_is_truncated_by_default(server: Server, titles: list[str], pipe) -> None:
+    long_text = (titles[5] + " ") * 40  # > max_chars_per_text (300) and > max_length tokens
+    resp = post(server.url, {"inputs": long_text})
+    assert resp.status_code == 200, resp.text
+    assert_same(resp.json()[0], pipe(long_text[: server.cfg.max_chars_per_text])[0])
+
+
+def test_huggingface_inference_client(server: Server, titles: list[str], pipe, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real client nobody here wrote: huggingface_hub's InferenceClient pointed at the URL."""
+    from huggingface_hub import InferenceClient, constants
+
+    # conftest's HF_HUB_OFFLINE=1 makes huggingface_hub refuse every URL, loopback included; this test only talks to 127.0.0.1.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    client = InferenceClient(model=f"{server.url}/predict", timeout=30)
+    out = client.text_classification(titles[6])
+    assert_same([{"label": o.label, "score": o.score} for o in out], pipe(titles[6])[0])
+    top1 = client.text_classification(titles[6], top_k=1)
+    assert len(top1) == 1 and top1[0].label == out[0].label
+
+
+# ---- bad input ------------------------------------------------------------------------------------
+TOO_LONG = "가나다 " * 100  # 400 characters, ~100+ tokens
+BAD_BODIES = [
+    ("empty-string", {"inputs": ""}, 422, "inputs is an empty string"),
+    ("blank-string", {"inputs": "   "}, 422, "empty string"),
+    ("empty-list", {"inputs": []}, 422, "empty list"),
+    ("empty-item", {"inputs": ["경제 뉴스", ""]}, 422, "item 1 is an empty string"),
+    ("non-string-item", {"inputs": ["경제 뉴스", 3]}, 422, "item 1 must be a string, got number"),
+    ("nested-list", {"inputs": [["경제 뉴스"]]}, 422, "item 0 must be a string, got array"),
+    ("null-inputs", {"inputs": None}, 422, "got null"),
+    ("number-inputs", {"inputs": 5}, 422, "must be a string or a list of strings, got number"),
+    ("object-inputs", {"inputs": {"text": "a"}}, 422, "got object"),
+    ("body-array", ["경제 뉴스"], 422, "must be a JSON object"),
+    ("body-string", "경제 뉴스", 422, "must be a JSON object"),
+    ("body-null", None, 422, "must be a JSON object"),
+    ("missing-inputs", {"text": "경제 뉴스"}, 422, "inputs: field required"),
+    ("unknown-field", {"inputs": "경제 뉴스", "foo": 1}, 422, "foo: unknown field"),
+    ("unknown-parameter", {"inputs": "경제 뉴스", "parameters": {"topk": 2}}, 422, "parameters.topk: unknown field"),
+    ("parameters-not-object", {"inputs": "경제 뉴스", "parameters": [2]}, 422, "parameters:"),
+    ("top_k-zero", {"inputs": "경제 뉴스", "parameters": {"top_k": 0}}, 422, "greater than or equal to 1"),
+    ("top_k-negative", {"inputs": "경제 뉴스", "parameters": {"top_k": -3}}, 422, "greater than or equal to 1"),
+    ("top_k-too-big", {"inputs": "경제 뉴스", "parameters": {"top_k": 8}}, 422, "between 1 and 7"),
+    ("top_k-string", {"inputs": "경제 뉴스", "parameters": {"top_k": "2"}}, 422, "valid integer"),
+    ("top_k-float", {"inputs": "경제 뉴스", "parameters": {"top_k": 2.5}}, 422, "valid integer"),
+    ("top_k-bool", {"inputs": "경제 뉴스", "parameters": {"top_k": True}}, 422, "valid integer"),
+    ("bad-function", {"inputs": "경제 뉴스", "parameters": {"function_to_apply": "relu"}}, 422, "function_to_apply"),
+    ("raw_scores-string", {"inputs": "경제 뉴스", "raw_scores": "yes"}, 422, "raw_scores"),
+    ("raw-vs-softmax", {"inputs": "경제 뉴스", "raw_scores": True, "parameters": {"function_to_apply": "softmax"}}, 422, "conflicts"),
+    ("too-many-texts", {"inputs": ["경제 뉴스"] * 9}, 413, "too many texts: 9 > max_texts_per_request 8"),
+    ("too-many-chars", {"inputs": ["경제 뉴스", TOO_LONG], "truncate": False}, 413, "inputs[1] has 400 characters"),
+    ("too-many-tokens", {"inputs": ["경제 뉴스", TOO_LONG[:290]], "truncate": False}, 413, "tokens, over max_input_length 64"),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "needle"), [b[1:] for b in BAD_BODIES], ids=[b[0] for b in BAD_BODIES])
+def test_bad_json_bodies(server: Server, body: Any, status: int, needle: str) -> None:
+    resp = post(server.url, body)
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == "application/json"
+    assert needle in resp.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "content", "status", "needle"),
+    [
+        ("POST", "/predict", '{"inputs": "경제 뉴스"', 400, "invalid JSON"),
+        ("POST", "/predict", "inputs=경제", 400, "invalid JSON"),
+        ("POST", "/predict", "", 422, "request body is missing"),
+        ("GET", "/predict", None, 405, "method GET not allowed"),
+        ("PUT", "/predict", "{}", 405, "method PUT not allowed"),
+        ("DELETE", "/info", None, 405, "method DELETE not allowed"),
+        ("GET", "/nope", None, 404, "no route /nope"),
+        ("POST", "/v1/predict", '{"inputs": "a"}', 404, "no route"),
+    ],
+    ids=["invalid-json", "form-body", "empty-body", "get-predict", "put-predict", "delete-info", "unknown-get", "unknown-post"],
+)
+def test_bad_requests(server: Server, method: str, path: str, content: str | None, status: int, needle: str) -> None:
+    resp = httpx.request(method, f"{server.url}{path}", content=content.encode() if content is not None else None)
+    assert resp.status_code == status, resp.text
+    assert needle in resp.json()["error"]
+    if status == 405:
+        assert resp.headers["allow"]
+
+
+def test_bad_requests_in_a_burst_leave_the_others_alone(server: Server, titles: list[str], pipe) -> None:
+    """Good, bad and over-long requests at once: only the bad ones fail, and the replica keeps serving."""
+    bodies: list[tuple[dict[str, Any], int]] = [({"inputs": t}, 200) for t in titles[10:18]]
+    bodies += [({"inputs": titles[18:22]}, 200), ({"inputs": "x" * 20_000}, 200)]  # over-long: truncated, not an error
+    bodies += [({"inputs": ["fine", None]}, 422), ({"inputs": ["fine", TOO_LONG], "truncate": False}, 413), ({"inputs": ["a"] * 50}, 413)]
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            return await asyncio.gather(*(client.post("/predict", json=body) for body, _ in bodies))
+
+    responses = asyncio.run(burst())
+    assert [r.status_code for r in responses] == [status for _, status in bodies]
+    for (body, status), resp in zip(bodies, responses, strict=True):
+        if status == 200 and body["inputs"] != "x" * 20_000:
+            texts = body["inputs"] if isinstance(body["inputs"], list) else [body["inputs"]]
+            for got, want in zip(resp.json(), pipe(texts), strict=True):
+                assert_same(got, want)
+    assert post(server.url, {"inputs": titles[0]}).status_code == 200
+
+
+# ---- batching --------------------------------------------------------------------------------------
+def test_texts_from_different_requests_share_batches(server: Server, titles: list[str]) -> None:
+    """8 one-text requests and one 8-text request at once: some one-text request rides in a batch > 1."""
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            singles = [client.post("/predict", json={"inputs": t}) for t in titles[20:28]]
+            return await asyncio.gather(*singles, client.post("/predict", json={"inputs": titles[28:36]}))
+
+    for _ in range(3):  # bounded: the first burst almost always does it
+        responses = asyncio.run(burst())
+        assert all(r.status_code == 200 for r in responses)
+        sizes = [int(r.headers["x-batch-size"]) for r in responses]
+        assert max(sizes) <= server.cfg.max_batch_size
+        if max(sizes[:8]) > 1 and sizes[8] >= 8:
+            return
+    pytest.fail(f"no shared batch in 3 bursts; batch sizes {sizes}")
+
+
+# ---- precision ------------------------------------------------------------------------------------
+def test_bf16_gives_the_fp32_labels(served_checkpoint: str, titles: list[str]) -> None:
+    """bf16 autocast (forced; 'auto' picks it only on CPUs with AMX/AVX512-BF16) keeps the fp32 labels."""
+    from ynat_ray.inference import TextClassifier
+
+    fp32 = TextClassifier(served_checkpoint, use_gpu=False, precision="fp32").probabilities(titles[:16])
+    bf16 = TextClassifier(served_checkpoint, use_gpu=False, precision="bf16").probabilities(titles[:16])
+    top2 = np.sort(fp32, axis=1)[:, -2:]
+    clear = (top2[:, 1] - top2[:, 0]) > 0.01  # bf16 moves scores by ~1e-3; a closer call may legitimately flip
+    assert clear.sum() >= 8
+    assert (fp32.argmax(1)[clear] == bf16.argmax(1)[clear]).all()
+    assert np.abs(fp32 - bf16).max() < 0.02
+
+
+# ---- backpressure and timeouts (small side apps) --------------------------------------------------
+@pytest.fixture()
+def side_app(server: Server):
+    """Deploy a second app at /side with the given overrides; delete it afterwards."""
+    from ray import serve
+
+    from ynat_ray.serving import build_app
+
+    def deploy(**overrides: Any) -> str:
+        cfg = _cfg(server.checkpoint, replica_cpus=0.25, min_replicas=1, max_replicas=1, **overrides)
+        serve.run(build_app(cfg), name="side", route_prefix="/side")
+        return f"{server.url}/side"
+
+    yield deploy
+    serve.delete("side")
+
+
+def test_backpressure_answers_503_with_retry_after(side_app, titles: list[str]) -> None:
+    url = side_app(max_ongoing_requests=1, max_batch_size=1, max_queued_requests=1, batch_wait_timeout_s=0.0)
+
+    async def flood() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            return await asyncio.gather(*(client.post("/predict", json={"inputs": titles[:8]}) for _ in range(40)))
+
+    responses = asyncio.run(flood())
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 503}, codes
+    busy = [r for r in responses if r.status_code == 503]
+    assert busy and codes.count(200) >= 1, codes
+    for r in busy:
+        assert int(r.headers["retry-after"]) >= 1
+    assert any("busy" in r.json()["error"] for r in busy)  # the ingress's JSON answer, not an unbounded queue
+    assert post(url, {"inputs": titles[0]}).status_code == 200  # and it recovers
+
+
+def test_request_timeout_answers_504(side_app, titles: list[str]) -> None:
+    """A batch that waits longer than request_timeout_s: the client gets a JSON 504, not a hang."""
+    url = side_app(max_batch_size=4, max_ongoing_requests=4, batch_wait_timeout_s=5.0, request_timeout_s=0.5)
+    started = time.monotonic()
+    resp = post(url, {"inputs": titles[0]})
+    assert resp.status_code == 504, resp.text
+    assert "within 0.5s" in resp.json()["error"]
+    assert time.monotonic() - started < 4.0
+
+
+# ---- autoscaling and failure recovery -------------------------------------------------------------
+async def _load(url: str, texts: list[str], *, until: Any, deadline_s: float, concurrency: int = 8) -> int:
+    """Keep `concurrency` requests in flight until `until()` is true or the deadline passes; return requests sent."""
+    sent = 0
+    stop_at = time.monotonic() + deadline_s
+
+    async def worker(client: httpx.AsyncClient, k: int) -> None:
+        nonlocal sent
+        while time.monotonic() < stop_at and not until():
+            await client.post("/predict", json={"inputs": texts[(sent + k) % len(texts)]})
+            sent += 1
+
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        await asyncio.gather(*(worker(client, k) for k in range(concurrency)))
+    return sent
+
+
+def test_autoscaling_goes_to_two_replicas_under_load_and_back(server: Server, titles: list[str]) -> None:
+    assert _wait(lambda: replicas() == 1, 60), "expected 1 replica before the load"
+    checks = {"last": 0.0, "up": False}
+
+    def scaled_up() -> bool:  # serve.status() is a controller call: ask at most twice a second
+        if time.monotonic() - checks["last"] > 0.5:
+            checks["last"] = time.monotonic()
+            checks["up"] = replicas() == 2
+        return checks["up"]
+
+    sent = asyncio.run(_load(server.url, titles, until=scaled_up, deadline_s=90))
+    assert checks["up"], f"still {replicas()} replica(s) after {sent} requests"
+    assert _wait(lambda: replicas() == 1, 90), "did not scale back to 1 replica when idle"
+
+
+def test_killing_a_replica_mid_load_loses_no_request(server: Server, titles: list[str], pipe) -> None:
+    """Kill the model replica's process while a retrying client runs; every request ends in a correct 200."""
+    import ray
+    from ray.util.state import list_actors
+
+    expected = {t: pipe(t)[0][0]["label"] for t in titles[:30]}
+    results: dict[int, httpx.Response] = {}
+    retries = {"n": 0}
+    killed: list[str] = []
+
+    async def one(client: httpx.AsyncClient, i: int) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                resp = await client.post("/predict", json={"inputs": titles[i % 30]})
+            except httpx.TransportError:
+                resp = None
+            if resp is not None and resp.status_code < 500:
+                results[i] = resp
+                return
+            retries["n"] += 1
+            await asyncio.sleep(min(1.0, float(resp.headers.get("retry-after", 0.2)) if resp is not None else 0.2))
+
+    async def killer() -> None:
+        deadline = time.monotonic() + 30
+        while len(results) < 10 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        alive = list_actors(filters=[("class_name", "=", REPLICA_CLASS), ("state", "=", "ALIVE")])
+        victim = alive[0]
+        ray.kill(ray.get_actor(victim.name, namespace="serve"), no_restart=True)
+        killed.append(victim.actor_id)
+
+    async def run() -> None:
+        sem = asyncio.Semaphore(4)
+
+        async def bounded(client: httpx.AsyncClient, i: int) -> None:
+            async with sem:
+                await one(client, i)
+
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            await asyncio.gather(killer(), *(bounded(client, i) for i in range(60)))
+
+    asyncio.run(run())
+    assert killed, "no replica was killed"
+    assert sorted(results) == list(range(60)), f"lost requests: {sorted(set(range(60)) - set(results))}"
+    for i, resp in results.items():
+        assert resp.status_code == 200, resp.text
+        assert resp.json()[0][0]["label"] == expected[titles[i % 30]]
+    # the app recovers: a new replica (not the killed one) is running and the app is ready
+    assert _wait(lambda: replicas() >= 1 and httpx.get(f"{server.url}/readyz").status_code == 200, 60)
+    alive = {a.actor_id for a in list_actors(filters=[("class_name", "=", REPLICA_CLASS), ("state", "=", "ALIVE")])}
+    assert alive and killed[0] not in alive
+    print(f"replica killed mid-load; {retries['n']} retried attempt(s), 60/60 requests answered correctly")
+
+
+def _wait(predicate: Any, timeout_s: float, every_s: float = 0.5) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(every_s)
+    return False

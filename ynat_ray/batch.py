@@ -1,0 +1,452 @@
+"""Offline batch prediction with Ray Data: files in, one prediction per input row out.
+
+Pipeline, and why each step looks the way it does:
+
+  expand_paths(--input) -> read_datasource(YnatFiles): ONE read task per file (READ_CPUS each) runs the
+     trainer's own `read_records` + `validate_frame`, so a malformed row is reported exactly like in
+     training, with the file's own 1-based row number. Good rows stream on with `source` and `row`
+     columns; Ray Data splits each task's output into several blocks, so one big file still spreads over
+     every actor. Skipped rows go to a tiny ledger actor that the driver asks for the quarantine file and
+     the input row count.
+  -> map_batches(Predictor, compute=ActorPoolStrategy(size=num_actors), num_cpus/num_gpus per actor):
+     each actor loads the checkpoint once (`TextClassifier`: length-sorted dynamic padding under
+     inference_mode, bf16 autocast where the hardware has it).
+  -> write_parquet / write_json with `preserve_order`, so output files follow the input order.
+
+Then the driver re-reads the written files' (source, row, gold, label) columns and raises unless the row
+count equals input rows minus quarantined rows and (source, row) only ever increases: rows are never
+dropped or reordered silently. The same pass yields accuracy and macro-F1 when the input has gold labels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from ray.data import Datasource, ReadTask
+from ray.data.block import BlockMetadata
+
+from ynat_ray.config import YnatConfig
+from ynat_ray.data import BadRow, DataValidationError, expand_paths, read_records, validate_frame, write_quarantine
+from ynat_ray.labels import ID2LABEL, LABEL2ID
+
+# A read task parses and validates one file; a write task encodes and uploads one output file. Both are
+# light, and giving them a quarter CPU means predictor actors can never take every CPU and starve them
+# (Ray Data then stalls without an error: "Cluster resources are not enough to run any task").
+READ_CPUS = 0.25
+WRITE_CPUS = 0.25
+# Rows per predictor call: several forward passes of --eval_batch_size each, sorted by length across the
+# whole call (less padding), and few enough calls that Ray's per-task overhead stays small next to the model.
+ROWS_PER_CALL = 1024
+ROWS_PER_FILE = 100_000  # output rows gathered into one file (fewer, larger files than one per block)
+PREDICTED_COLUMNS = ("guid", "label", "score", "gold", "source", "row")
+SCORE_PREFIX = "scores_"
+OUTPUT_SUFFIXES = (".parquet", ".jsonl")
+
+
+class OutputMismatchError(RuntimeError):
+    """The written predictions do not account for every input row, or are out of input order."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers
+
+
+class RowLedger:
+    """Per input file: how many rows it had and which were skipped. Runs as a 0-CPU actor.
+
+    Keyed by file, so a read task that Ray retries overwrites its own entry instead of counting twice.
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[int, list[BadRow]]] = {}
+
+    def record(self, source: str, rows: int, bad: list[BadRow]) -> None:
+        self.files[source] = (rows, bad)
+
+    def totals(self) -> tuple[int, list[BadRow]]:
+        bad = [b for source in sorted(self.files) for b in self.files[source][1]]
+        return sum(rows for rows, _ in self.files.values()), bad
+
+
+def read_file(path: str, cfg: YnatConfig, ledger: Any = None) -> Iterator[pa.Table]:
+    """Validate one file and yield its good rows: guid, text, gold, source, row.
+
+    An `id` column stands in for `guid` when the file has no `guid`; rows with neither get
+    '<file name>:<row>' from validate_frame. `gold` is the topic name, or null when the row has no label.
+    """
+    import ray
+
+    raw = read_records(path)
+    if "guid" not in raw.columns and "id" in raw.columns:
+        raw = raw.rename(columns={"id": "guid"})
+    clean, bad = validate_frame(
+        raw,
+        path,
+        text_column=cfg.text_column,
+        label_column=cfg.label_column,
+        require_label=False,
+        on_bad_rows=cfg.on_bad_rows,
+    )
+    if ledger is not None:
+        ray.get(ledger.record.remote(path, len(raw), bad))
+    skipped = {b.row for b in bad}
+    rows = np.array([r for r in range(1, len(raw) + 1) if r not in skipped], dtype=np.int64)
+    table = pa.table(
+        {
+            "guid": pa.array(clean["guid"].tolist(), pa.string()),
+            cfg.text_column: pa.array(clean["title"].tolist(), pa.string()),
+            "gold": pa.array([ID2LABEL.get(int(i)) for i in clean["label"]], pa.string()),
+            "source": pa.array([path] * len(clean), pa.string()),
+            "row": pa.array(rows),
+        }
+    )
+    yield table
+
+
+class YnatFilesDatasource(Datasource):
+    """One Ray Data read task per input file: `read_file` under `read_datasource`.
+
+    Why a Datasource rather than map_batches over a list of paths: a map task's output is buffered into
+    one block per task, and one block feeds one actor, so a single big file would run on one actor.
+    Read tasks get Ray Data's block splitting, which spreads each file's rows over the actor pool.
+    """
+
+    def __init__(self, files: list[str], cfg: YnatConfig, ledger: Any):
+        self.files, self.cfg, self.ledger = files, cfg, ledger
+
+    def get_name(self) -> str:
+        return "YnatFiles"
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None) -> list[ReadTask]:
+        return [
+            ReadTask(
+                functools.partial(read_file, path, self.cfg, self.ledger),
+                BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(path,)),
+                per_task_row_limit=per_task_row_limit,
+            )
+            for path in self.files
+        ]
+
+
+class Predictor:
+    """Ray Data actor: loads the checkpoint once, then adds label/score (and optionally all scores)."""
+
+    def __init__(self, cfg: YnatConfig):
+        import torch
+
+        from ynat_ray.inference import TextClassifier
+
+        use_gpu = cfg.actor_gpus > 0
+        if not use_gpu:
+            torch.set_num_threads(max(1, round(cfg.actor_cpus)))  # one thread per reserved CPU, no oversubscription
+        self.cfg = cfg
+        self.clf = TextClassifier(cfg.checkpoint, use_gpu=use_gpu, precision=cfg.precision, max_length=cfg.max_length)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return predict_table(self.clf, batch, self.cfg)
+
+
+def predict_table(clf: Any, batch: pa.Table, cfg: YnatConfig) -> pa.Table:
+    """Rows from `read_file` -> output rows: guid, text, label, score, [scores_<topic>...], gold, source, row."""
+    probs = clf.probabilities(batch.column(cfg.text_column).to_pylist(), batch_size=cfg.eval_batch_size)
+    best = probs.argmax(axis=1)
+    columns: dict[str, Any] = {
+        "guid": batch.column("guid"),
+        cfg.text_column: batch.column(cfg.text_column),
+        "label": pa.array([clf.id2label[int(i)] for i in best], pa.string()),
+        "score": pa.array(probs[np.arange(len(best)), best], pa.float32()),
+    }
+    if cfg.all_scores:
+        for j, name in enumerate(clf.labels):
+            columns[f"{SCORE_PREFIX}{name}"] = pa.array(probs[:, j], pa.float32())
+    for name in ("gold", "source", "row"):
+        columns[name] = batch.column(name)
+    return pa.table(columns)
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+
+
+def check_config(cfg: YnatConfig) -> None:
+    """Fail before any work on options that would produce an unreadable or ambiguous output."""
+    for name in ("checkpoint", "input", "output"):
+        if not getattr(cfg, name):
+            raise ValueError(f"predict-batch needs --{name}")
+    if cfg.text_column in PREDICTED_COLUMNS or cfg.text_column.startswith(SCORE_PREFIX):
+        raise ValueError(f"--text_column {cfg.text_column!r} clashes with an output column ({', '.join(PREDICTED_COLUMNS)})")
+    if cfg.num_actors < 1 or cfg.eval_batch_size < 1:
+        raise ValueError("--num_actors and --eval_batch_size must be >= 1")
+
+
+def check_cpu_budget(cfg: YnatConfig, cluster_cpus: float) -> None:
+    """CPU actors plus one read and one write task must fit, or Ray Data would wait forever.
+
+    GPU actors are not checked: on an autoscaling cluster their nodes (and CPUs) appear once requested.
+    """
+    need = cfg.num_actors * cfg.actor_cpus + READ_CPUS + WRITE_CPUS
+    if cfg.actor_gpus == 0 and need > cluster_cpus:
+        raise ValueError(
+            f"{cfg.num_actors} actor(s) x {cfg.actor_cpus:g} CPU + {READ_CPUS + WRITE_CPUS:g} CPU for reading/writing needs "
+            f"{need:g} CPUs but the cluster has {cluster_cpus:g}; lower --num_actors or --actor_cpus "
+            f"(e.g. --actor_cpus {max(0.25, (cluster_cpus - READ_CPUS - WRITE_CPUS) / cfg.num_actors):.2f})"
+        )
+
+
+def default_quarantine_path(output: str) -> str:
+    """Beside the output directory, so readers of the directory never mistake it for predictions."""
+    return output.rstrip("/") + ".quarantine.jsonl"
+
+
+def prepare_output(output: str, quarantine: str, overwrite: bool) -> None:
+    """Refuse a non-empty output directory unless --overwrite; clear a stale quarantine file.
+
+    --overwrite only ever deletes a directory of prediction files, so a mistyped --output (say, the data
+    directory or $HOME) is an error instead of a disaster.
+    """
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(output)
+    if fs.exists(path) and (not fs.isdir(path) or fs.ls(path)):
+        if not overwrite:
+            raise FileExistsError(f"{output} already exists and is not empty; pass --overwrite to replace it or pick a new --output")
+        foreign = [p for p in (fs.find(path) if fs.isdir(path) else [path]) if not p.endswith(OUTPUT_SUFFIXES)]
+        if foreign:
+            raise FileExistsError(f"{output} holds files that are not predictions (e.g. {foreign[0]}); refusing to overwrite it")
+        fs.rm(path, recursive=True)
+    qfs, qpath = fsspec.core.url_to_fs(quarantine)
+    if qfs.exists(qpath):
+        qfs.rm(qpath)
+
+
+def remove_output(output: str) -> None:
+    """Delete what a failed run wrote (prepare_output made sure nothing else was there)."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(output)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+@contextlib.contextmanager
+def preserved_order() -> Iterator[None]:
+    """Ray Data may finish blocks out of order; for this job it must not (restored afterwards)."""
+    from ray.data import DataContext
+
+    options = DataContext.get_current().execution_options
+    before, options.preserve_order = options.preserve_order, True
+    try:
+        yield
+    finally:
+        options.preserve_order = before
+
+
+def build_dataset(cfg: YnatConfig, files: list[str], ledger: Any) -> Any:
+    """The lazy Ray Dataset: file list -> validated rows -> predictions (written by `write_output`)."""
+    import ray
+
+    ds = ray.data.read_datasource(YnatFilesDatasource(files, cfg, ledger), num_cpus=READ_CPUS)
+    return ds.map_batches(
+        Predictor,
+        fn_constructor_kwargs={"cfg": cfg},
+        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
+        num_cpus=cfg.actor_cpus,
+        num_gpus=cfg.actor_gpus or None,
+        batch_size=max(ROWS_PER_CALL, cfg.eval_batch_size),
+        batch_format="pyarrow",
+        udf_modifying_row_count=False,
+    )
+
+
+def write_output(ds: Any, cfg: YnatConfig) -> None:
+    remote = {"num_cpus": WRITE_CPUS}
+    if cfg.output_format == "parquet":
+        ds.write_parquet(cfg.output, min_rows_per_file=ROWS_PER_FILE, ray_remote_args=remote)
+    else:
+        from ray.data.datasource import FilenameProvider
+
+        ds.write_json(
+            cfg.output,
+            filename_provider=FilenameProvider(file_format="jsonl"),
+            min_rows_per_file=ROWS_PER_FILE,
+            ray_remote_args=remote,
+            force_ascii=False,  # Korean stays readable
+        )
+
+
+def unwrap_validation_error(err: BaseException) -> DataValidationError | None:
+    """The DataValidationError a read task raised, from inside Ray's task-error wrappers."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [err]
+    while stack:
+        cur = stack.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, DataValidationError):
+            return cur
+        stack += [cur.__cause__, cur.__context__, getattr(cur, "cause", None)]
+    return None
+
+
+@dataclass
+class OutputScan:
+    files: list[str]
+    rows: int = 0
+    gold: list[int] = field(default_factory=list)
+    predicted: list[int] = field(default_factory=list)
+
+
+def _natural_key(path: str) -> list[Any]:
+    """'..._000002-10.parquet' after '..._000002-9.parquet': numbers compare as numbers."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
+
+
+def output_files(output: str, output_format: str) -> list[str]:
+    """The prediction files a run wrote, in name order (Ray names them by write-task index = input order)."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(output)
+    suffix = OUTPUT_SUFFIXES[0] if output_format == "parquet" else OUTPUT_SUFFIXES[1]
+    if not fs.exists(path):
+        return []
+    found = sorted((p for p in fs.find(path) if p.endswith(suffix)), key=_natural_key)
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    return [p if protocol in ("file", "local") else f"{protocol}://{p}" for p in found]
+
+
+def read_output_file(path: str, columns: list[str] | None = None) -> Any:
+    """One written file as a pandas DataFrame (parquet or JSON lines)."""
+    import fsspec
+    import pandas as pd
+
+    with fsspec.open(path, "rb") as fh:
+        if path.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            return pq.read_table(fh, columns=columns).to_pandas()
+        frame = pd.read_json(fh, lines=True, dtype=False)
+    return frame if columns is None else frame[columns]
+
+
+def scan_output(output: str, output_format: str, inputs: list[str]) -> OutputScan:
+    """Count the written rows, check they follow input order, and collect gold/predicted ids."""
+    scan = OutputScan(files=output_files(output, output_format))
+    position = {p: i for i, p in enumerate(inputs)}
+    last = -1
+    for path in scan.files:
+        frame = read_output_file(path, ["source", "row", "gold", "label"])
+        # One sortable number per row: (input file index, row in that file).
+        keys = (frame["source"].map(position).to_numpy(dtype=np.int64) << 40) + frame["row"].to_numpy(dtype=np.int64)
+        steps = np.diff(np.concatenate([[last], keys]))
+        if (steps <= 0).any():
+            at = int(np.argmax(steps <= 0))
+            raise OutputMismatchError(f"{path}: row {frame['row'].iloc[at]} of {frame['source'].iloc[at]} is out of input order")
+        last = int(keys[-1]) if len(keys) else last
+        scan.rows += len(frame)
+        labeled = frame[frame["gold"].notna()]
+        scan.gold += [LABEL2ID[g] for g in labeled["gold"]]
+        scan.predicted += [LABEL2ID[p] for p in labeled["label"]]
+    return scan
+
+
+def save_quarantine(bad: list[BadRow], path: str) -> int:
+    """write_quarantine, also for URIs (written locally, then uploaded)."""
+    if not bad or "://" not in path:
+        return write_quarantine(bad, path)
+    import fsspec
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = os.path.join(tmp, "quarantine.jsonl")
+        count = write_quarantine(bad, local)
+        fs, remote = fsspec.core.url_to_fs(path)
+        fs.put(local, remote)
+    return count
+
+
+def execute(cfg: YnatConfig, files: list[str]) -> tuple[float, int, list[BadRow]]:
+    """Run the pipeline to the written files: (seconds, input rows, skipped rows).
+
+    On failure the partial output is deleted, and a read task's DataValidationError is re-raised as itself.
+    """
+    import ray
+
+    ledger = ray.remote(num_cpus=0)(RowLedger).remote()
+    started = time.perf_counter()
+    try:
+        with preserved_order():
+            write_output(build_dataset(cfg, files, ledger), cfg)
+        seconds = time.perf_counter() - started
+        input_rows, bad = ray.get(ledger.totals.remote())
+    except Exception as err:
+        remove_output(cfg.output)  # never leave a partial result that looks like a finished one
+        validation = unwrap_validation_error(err)
+        if validation is not None:
+            raise DataValidationError(validation.source, validation.row, validation.field, validation.reason) from None
+        raise
+    finally:
+        ray.kill(ledger)
+    return seconds, input_rows, bad
+
+
+def run_batch_prediction(cfg: YnatConfig) -> dict[str, Any]:
+    """Everything `ynat-ray predict-batch` / `jobs/predict.py` do; returns the printed summary as a dict."""
+    import ray
+
+    from ynat_ray.metrics import classification_metrics, format_report
+    from ynat_ray.train import init_ray
+
+    check_config(cfg)
+    files = expand_paths(cfg.input)
+    quarantine = cfg.quarantine_path or default_quarantine_path(cfg.output)
+    prepare_output(cfg.output, quarantine, cfg.overwrite)
+    init_ray()
+    check_cpu_budget(cfg, ray.cluster_resources().get("CPU", 0.0))
+    print(
+        f"[ynat-ray] predict-batch: {len(files)} file(s) from {cfg.input} -> {cfg.output} ({cfg.output_format}); "
+        f"{cfg.num_actors} actor(s) x {cfg.actor_cpus:g} CPU / {cfg.actor_gpus:g} GPU, batch {cfg.eval_batch_size}",
+        flush=True,
+    )
+
+    seconds, input_rows, bad = execute(cfg, files)
+    quarantined = save_quarantine(bad, quarantine)
+    scan = scan_output(cfg.output, cfg.output_format, files)
+    if scan.rows != input_rows - quarantined:
+        raise OutputMismatchError(f"wrote {scan.rows} rows but the input has {input_rows} rows and {quarantined} were quarantined")
+
+    summary: dict[str, Any] = {
+        "input": cfg.input,
+        "input_files": len(files),
+        "input_rows": input_rows,
+        "rows": scan.rows,
+        "quarantined": quarantined,
+        "quarantine_path": quarantine if quarantined else None,
+        "seconds": seconds,
+        "rows_per_s": scan.rows / seconds if seconds > 0 else 0.0,
+        "output": cfg.output,
+        "output_files": scan.files,
+        "metrics": classification_metrics(scan.gold, scan.predicted) if scan.gold else None,
+    }
+    print("\n" + "=" * 72)
+    print(f"rows         {scan.rows} written of {input_rows} read ({quarantined} quarantined)")
+    if quarantined:
+        print(f"quarantine   {quarantine}")
+    print(f"throughput   {summary['rows_per_s']:.1f} rows/s ({seconds:.1f} s end to end, model loading included)")
+    print(f"output       {cfg.output}  ({len(scan.files)} {cfg.output_format} file(s))")
+    if summary["metrics"]:
+        print(f"gold labels  {format_report(summary['metrics'])}")
+    print("=" * 72, flush=True)
+    return summary
