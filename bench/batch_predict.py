@@ -59,7 +59,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", required=True, help="Real YNAT rows (jsonl/json/csv/parquet), e.g. the validation split.")
     parser.add_argument("--checkpoint", required=True, help="Checkpoint directory both contenders load.")
-    parser.add_argument("--build_preset", default=None, help="First write an untrained preset (e.g. ynat-small) to --checkpoint if missing.")
+    parser.add_argument(
+        "--build_preset", default=None, help="First write an untrained preset (e.g. ynat-small) to --checkpoint if missing."
+    )
     parser.add_argument("--repeats", type=int, nargs="+", default=[1, 5], help="Input sizes: the rows repeated this many times.")
     parser.add_argument("--plans", nargs="+", default=["1x1", "1x1.5", "2x0.75"], help="Actor plans NUMxCPUS (each plan is one job).")
     parser.add_argument("--eval_batch_size", type=int, default=128, help="The job's batch size (map_batches and forward pass).")
@@ -99,7 +101,9 @@ def main() -> None:
                 summary = run_batch_prediction(cfg)
                 labels = job_labels(output)
                 agree = sum(a == b for a, b in zip(labels, base_labels)) / len(base_labels)
-                table.append((len(big), "ynat-ray job (Ray Data)", f"{actors} actor(s) x {cpus} CPU", summary["rows_per_s"], 0.0, f"{agree:.2%}"))
+                table.append(
+                    (len(big), "ynat-ray job (Ray Data)", f"{actors} actor(s) x {cpus} CPU", summary["rows_per_s"], 0.0, f"{agree:.2%}")
+                )
             after, _ = pipeline_rows_per_s(pipe, big["title"].tolist())
             base = (before + after) / 2
             table[rows_at:] = [(n, who, res, rps, rps / base, agree) for n, who, res, rps, _, agree in table[rows_at:]]
