@@ -1,26 +1,36 @@
-"""HTTP load on loopback: the Ray Serve app (ynat_ray.serving) against a naive baseline, same checkpoint, same run.
+"""HTTP load on loopback: the ynat-ray Serve app against a naive one-process server, same trained checkpoint, same run.
 
-  (a) ynat-ray on Ray Serve: proxy -> FastAPI ingress (validation) -> model replica with @serve.batch
-      over texts (dynamic padding, inference_mode). 1 replica holding `--replica_cpus` CPUs, autoscaling
-      pinned (min = max = 1) so the numbers measure batching, not scaling.
+  (a) ynat-ray on Ray Serve, started the product's way (`ynat_ray.serving.deploy`): ONE `YnatServer`
+      replica (FastAPI + @serve.batch + the inference engine; ONNX Runtime int8 on CPU where the export's
+      parity check passed) holding `--replica_cpus` CPUs, autoscaling pinned (min = max = 1) so the numbers
+      measure the server, not scaling, behind HAProxy direct ingress (or Serve's Python proxy if HAProxy
+      cannot start; the ingress in use is reported). One extra cell (`--proxy_cell`, on by default) serves
+      the first model through Serve's Python proxy (`http_ingress="proxy"`), so HAProxy's gain is visible.
   (b) naive: one uvicorn + FastAPI process whose endpoint calls `transformers.pipeline(...)` per request
       (an `async def` endpoint, so requests run one at a time, the way such servers usually start out).
 
-Both get the same real YNAT titles (embedded test split) as requests of 1 and of 8 texts, at several
-concurrency levels, from a closed-loop asyncio + httpx client in this process. Each cell runs for
-`--duration` seconds or `--max_requests` requests, whichever comes first, after a short warm-up; then it
-stops by itself. Reports req/s, texts/s, p50/p99 latency and errors, and the app/baseline texts/s ratio
-measured in the same run (absolute numbers on a shared 2-core machine are noisy; ratios less so).
-Also measures the model alone in fp32 vs bf16 autocast (texts/s), since `precision=auto` picks fp32 on
-CPUs without AMX/AVX512-BF16.
+Load: `wrk -t1 -c<concurrency> -d<duration>s --latency` with a Lua script that rotates through real titles
+from `--input` as JSON bodies of 1 or 8 titles (`{"inputs": [...]}`), pre-formatted once so the client
+spends little CPU. wrk is a C program with one thread: it takes far less CPU per request than a Python
+client, which matters when client and servers share 2 cores. If wrk is missing (or `--client httpx`), a
+closed-loop asyncio + httpx client in this process is used instead; the output says which. Each cell gets a
+`--warmup` run first (not measured). Per cell: req/s, texts/s, p50/p99 latency, non-2xx responses and socket
+errors, and the CPU each process spent per request (the server processes, HAProxy, the client, and the
+whole machine), which shows where the time goes. Correctness is checked separately before the load: a few
+httpx requests must answer 200 with 7 labels per title, and the top labels of both servers are compared.
 
-    python bench/serve_load.py                                  # ynat-tiny, then ynat-small (6 x 384)
-    python bench/serve_load.py --models ynat-small --duration 5
-    python bench/serve_load.py --checkpoint /path/to/checkpoint --models trained
+Ratios (ynat-ray / naive) are computed within one run on the same checkpoint; absolute numbers on a shared
+2-core machine drift, ratios less so. The targets checked at the end (from the issue, concurrency 16):
+ynat-tiny 1 title/request >= 2.5x req/s with p99 <= 250 ms; ynat-tiny 8 titles/request >= 6x texts/s;
+6x384 (ynat-small) 8 titles/request >= 5x texts/s; plus concurrency-1 p50 latency of both servers.
 
-With no --checkpoint, each preset gets an *untrained* checkpoint (a WordPiece tokenizer trained on the
-embedded titles + a randomly initialised model, saved with save_pretrained): serving speed does not
-depend on the weights' values.
+    . .venv/bin/activate && export HF_HUB_OFFLINE=1
+    python bench/serve_load.py --model tiny=/path/to/ynat-tiny/checkpoint --model 6x384=/path/to/ynat-small/checkpoint \\
+        --input /work/shared/data/ynat/validation.jsonl
+    # try batching settings (short cells, Serve only, first model), then pass the best to the full run:
+    python bench/serve_load.py --model tiny=DIR --input ... --sweep 32:0.01 16:0.002 64:0.005 --duration 6
+
+The titles are KLUE YNAT (Park et al., KLUE, 2021; CC BY-SA 4.0). Writes bench/results/serve_load_<time>.json.
 """
 
 from __future__ import annotations
@@ -29,112 +39,57 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import resource
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ynat_ray.data import embedded_split  # noqa: E402
-
-MAX_LEN = 64
 HERE = Path(__file__).resolve().parent
+APP = "bench"  # Serve application name: the replica's process title is ray::ServeReplica:bench:YnatClassifier
+LABELS_PER_TITLE = 7
+# (model preset from the checkpoint's run spec, texts/request) -> (metric, ratio target, p99 limit ms or None)
+TARGETS: dict[tuple[str, int], tuple[str, float, float | None]] = {
+    ("ynat-tiny", 1): ("req_per_s", 2.5, 250.0),
+    ("ynat-tiny", 8): ("texts_per_s", 6.0, None),
+    ("ynat-small", 8): ("texts_per_s", 5.0, None),
+}
 
 
 @dataclass
 class Cell:
     model: str
-    server: str
+    server: str  # naive | serve-haproxy | serve-proxy
     texts_per_request: int
     concurrency: int
+    client: str
     requests: int
-    errors: int
     seconds: float
     req_per_s: float
     texts_per_s: float
     p50_ms: float
     p99_ms: float
+    non_2xx: int
+    socket_errors: int
+    settings: str = ""
+    cpu_ms_per_request: dict[str, float] = field(default_factory=dict)
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def make_checkpoint(preset: str, out_dir: str) -> str:
-    """An untrained preset checkpoint in HF format (tokenizer trained on the embedded titles)."""
-    from ynat_ray.modeling import build_model, train_wordpiece_tokenizer
-
-    tokenizer = train_wordpiece_tokenizer(embedded_split("train")["title"].tolist(), vocab_size=8000, max_length=MAX_LEN)
-    model = build_model(preset, tokenizer, MAX_LEN)
-    path = os.path.join(out_dir, preset)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
-# ---- the load generator ------------------------------------------------------------------------------
-async def run_cell(url: str, titles: list[str], texts_per_request: int, concurrency: int, duration: float, max_requests: int) -> dict:
-    """Closed loop: `concurrency` workers each send a request, wait for it, send the next; stop at the deadline or cap."""
-    latencies: list[float] = []
-    errors = 0
-    sent = 0
-
-    async def worker(client: httpx.AsyncClient, stop_at: float, record: bool) -> None:
-        nonlocal errors, sent
-        while time.perf_counter() < stop_at and sent < max_requests:
-            start_i = (sent * texts_per_request) % (len(titles) - texts_per_request)
-            sent += 1
-            body = {"inputs": titles[start_i : start_i + texts_per_request]}
-            t0 = time.perf_counter()
-            try:
-                resp = await client.post("/predict", json=body)
-                ok = resp.status_code == 200 and len(resp.json()) == texts_per_request
-            except httpx.HTTPError:
-                ok = False
-            if record:
-                latencies.append(time.perf_counter() - t0)
-                errors += not ok
-
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        warm_until = time.perf_counter() + min(2.0, duration / 3)
-        await asyncio.gather(*(worker(client, warm_until, False) for _ in range(concurrency)))
-        sent = 0
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(client, start + duration, True) for _ in range(concurrency)))
-        seconds = time.perf_counter() - start
-    lat_ms = np.array(latencies) * 1000
-    done = len(latencies)
-    return dict(
-        requests=done,
-        errors=errors,
-        seconds=round(seconds, 2),
-        req_per_s=round(done / seconds, 1),
-        texts_per_s=round((done - errors) * texts_per_request / seconds, 1),
-        p50_ms=round(float(np.percentile(lat_ms, 50)), 1) if done else float("nan"),
-        p99_ms=round(float(np.percentile(lat_ms, 99)), 1) if done else float("nan"),
-    )
-
-
-def measure(server: str, model: str, url: str, titles: list[str], args: argparse.Namespace) -> list[Cell]:
-    cells = []
-    for n in args.texts:
-        for c in args.concurrency:
-            result = asyncio.run(run_cell(url, titles, n, c, args.duration, args.max_requests))
-            cell = Cell(model=model, server=server, texts_per_request=n, concurrency=c, **result)
-            print(f"  {server:<9} {n} text(s)/req  concurrency {c:>3}: {cell.req_per_s:>7} req/s {cell.texts_per_s:>8} texts/s "
-                  f"p50 {cell.p50_ms} ms p99 {cell.p99_ms} ms errors {cell.errors}", flush=True)  # fmt: skip
-            cells.append(cell)
-    return cells
 
 
 def wait_ready(url: str, path: str, timeout_s: float = 180) -> None:
@@ -147,6 +102,228 @@ def wait_ready(url: str, path: str, timeout_s: float = 180) -> None:
             pass
         time.sleep(0.5)
     raise TimeoutError(f"{url}{path} not ready after {timeout_s}s")
+
+
+def bodies(titles: list[str], texts_per_request: int) -> list[str]:
+    """JSON bodies of consecutive groups of titles (a list even for one title, like the naive server expects)."""
+    n = texts_per_request
+    return [json.dumps({"inputs": titles[i : i + n]}, ensure_ascii=False) for i in range(0, len(titles) - n + 1, n)]
+
+
+# ---- CPU accounting -------------------------------------------------------------------------------------
+class CpuMeter:
+    """CPU seconds (user + system) of named process groups and of the whole machine, between start() and stop().
+
+    Serve processes are found by their process title (Ray sets `ray::ServeReplica:<app>:<deployment>`,
+    `ray::ProxyActor`, `ray::ServeController`) or binary name (`haproxy`); `client` is wrk (a child process,
+    measured with RUSAGE_CHILDREN) or this process for the httpx client; `machine` is every non-idle CPU second.
+    """
+
+    def __init__(self, pids: dict[str, list[int]]):
+        self.pids = pids
+
+    @staticmethod
+    def serve_processes() -> dict[str, list[int]]:
+        import psutil
+
+        groups: dict[str, list[int]] = {}
+        for proc in psutil.process_iter(["cmdline", "name"]):
+            try:
+                first = (proc.info["cmdline"] or [""])[0]
+                name = proc.info["name"] or ""
+            except (psutil.Error, IndexError):
+                continue
+            if first.startswith(f"ray::ServeReplica:{APP}:"):
+                groups.setdefault("replica", []).append(proc.pid)
+            elif name == "haproxy" or first.endswith("/haproxy"):
+                groups.setdefault("haproxy", []).append(proc.pid)
+            elif first.startswith("ray::ProxyActor"):
+                groups.setdefault("serve_proxy", []).append(proc.pid)
+            elif first.startswith("ray::ServeController"):
+                groups.setdefault("controller", []).append(proc.pid)
+        return groups
+
+    def _read(self) -> dict[str, float]:
+        import psutil
+
+        out: dict[str, float] = {}
+        for group, pids in self.pids.items():
+            total = 0.0
+            for pid in pids:
+                try:
+                    t = psutil.Process(pid).cpu_times()
+                    total += t.user + t.system
+                except psutil.Error:
+                    pass
+            out[group] = total
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        out["_children"] = children.ru_utime + children.ru_stime
+        out["_self"] = me.ru_utime + me.ru_stime
+        cpu = psutil.cpu_times()
+        out["machine"] = sum(cpu) - cpu.idle - getattr(cpu, "iowait", 0.0)
+        return out
+
+    def start(self) -> None:
+        self.before = self._read()
+
+    def stop(self, requests: int, client: str) -> dict[str, float]:
+        after = self._read()
+        delta = {k: after[k] - self.before[k] for k in after}
+        delta["client"] = delta.pop("_children") if client == "wrk" else delta.pop("_self")
+        delta.pop("_children", None), delta.pop("_self", None)
+        return {k: round(1000 * v / max(requests, 1), 3) for k, v in delta.items()}
+
+
+# ---- load generators ----------------------------------------------------------------------------------
+def lua_script(path: str, payloads: list[str]) -> str:
+    """A wrk script that pre-formats every POST once (in `init`) and rotates through them."""
+    for body in payloads:
+        if "]==]" in body:
+            raise ValueError("a title contains ']==]', which would end the Lua long string")
+    items = ",\n".join(f"[==[{b}]==]" for b in payloads)
+    Path(path).write_text(
+        f"local bodies = {{\n{items}\n}}\n"
+        "local reqs = {}\nlocal i = 0\n"
+        "function init(args)\n"
+        '  for k, b in ipairs(bodies) do reqs[k] = wrk.format("POST", "/predict", {["Content-Type"]="application/json"}, b) end\n'
+        "end\n"
+        "function request()\n  i = i + 1\n  if i > #reqs then i = 1 end\n  return reqs[i]\nend\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text.strip())
+    if not m:
+        raise ValueError(f"cannot parse wrk latency {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_wrk(out: str) -> dict[str, Any]:
+    """requests, seconds, req/s, p50/p99 (ms), non-2xx and socket errors from wrk's --latency output."""
+    total = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m),", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not total or not rps:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
+    pct = dict(re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)", out, flags=re.M))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {
+        "requests": int(total.group(1)),
+        "seconds": _ms(total.group(2) + total.group(3)) / 1000,
+        "req_per_s": float(rps.group(1)),
+        "p50_ms": _ms(pct["50"]) if "50" in pct else float("nan"),
+        "p99_ms": _ms(pct["99"]) if "99" in pct else float("nan"),
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": sum(int(x) for x in sock.groups()) if sock else 0,
+    }
+
+
+def run_wrk(url: str, script: str, concurrency: int, duration: float) -> dict[str, Any]:
+    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(duration))}s", "--latency", "--timeout", "30s", "-s", script, url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return parse_wrk(out)
+
+
+async def _httpx_cell(url: str, payloads: list[str], concurrency: int, duration: float) -> dict[str, Any]:
+    """Closed loop: `concurrency` workers each send a request, wait for it, send the next, until the deadline."""
+    latencies: list[float] = []
+    non_2xx = errors = sent = 0
+    stop_at = time.perf_counter() + duration
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal non_2xx, errors, sent
+        while time.perf_counter() < stop_at:
+            body = payloads[sent % len(payloads)]
+            sent += 1
+            t0 = time.perf_counter()
+            try:
+                resp = await client.post("/predict", content=body.encode(), headers={"Content-Type": "application/json"})
+                non_2xx += not 200 <= resp.status_code < 400
+            except httpx.HTTPError:
+                errors += 1
+            latencies.append(time.perf_counter() - t0)
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        seconds = time.perf_counter() - start
+    lat = np.array(latencies) * 1000
+    return {
+        "requests": len(latencies),
+        "seconds": seconds,
+        "req_per_s": len(latencies) / seconds,
+        "p50_ms": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
+        "p99_ms": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+        "non_2xx": non_2xx,
+        "socket_errors": errors,
+    }
+
+
+class LoadClient:
+    def __init__(self, kind: str, titles: list[str], workdir: str):
+        self.kind, self.titles, self.workdir = kind, titles, workdir
+        self._scripts: dict[int, str] = {}
+
+    def run(self, url: str, texts_per_request: int, concurrency: int, duration: float) -> dict[str, Any]:
+        payloads = bodies(self.titles, texts_per_request)
+        if self.kind == "wrk":
+            if texts_per_request not in self._scripts:
+                self._scripts[texts_per_request] = lua_script(os.path.join(self.workdir, f"titles_{texts_per_request}.lua"), payloads)
+            return run_wrk(url, self._scripts[texts_per_request], concurrency, duration)
+        return asyncio.run(_httpx_cell(url, payloads, concurrency, duration))
+
+
+def measure(
+    server: str, model: str, url: str, client: LoadClient, plan: list[tuple[int, int]], args: argparse.Namespace,
+    pids: dict[str, list[int]], settings: str = "",
+) -> list[Cell]:  # fmt: skip
+    cells = []
+    for texts, concurrency in plan:
+        client.run(url, texts, concurrency, args.warmup)  # warm-up, not measured
+        meter = CpuMeter(pids)
+        meter.start()
+        r = client.run(url, texts, concurrency, args.duration)
+        cpu = meter.stop(r["requests"], client.kind)
+        good = r["requests"] - r["non_2xx"]
+        cell = Cell(
+            model=model, server=server, texts_per_request=texts, concurrency=concurrency, client=client.kind,
+            requests=r["requests"], seconds=round(r["seconds"], 2), req_per_s=round(r["req_per_s"], 1),
+            texts_per_s=round(good * texts / r["seconds"], 1), p50_ms=round(r["p50_ms"], 1), p99_ms=round(r["p99_ms"], 1),
+            non_2xx=r["non_2xx"], socket_errors=r["socket_errors"], settings=settings, cpu_ms_per_request=cpu,
+        )  # fmt: skip
+        print(
+            f"  {server:<13} {texts} text(s)/req c{concurrency:<3}: {cell.req_per_s:>7} req/s {cell.texts_per_s:>8} texts/s "
+            f"p50 {cell.p50_ms} ms p99 {cell.p99_ms} ms non-2xx {cell.non_2xx} sock-err {cell.socket_errors}  CPU ms/req {cpu}",
+            flush=True,
+        )
+        cells.append(cell)
+    return cells
+
+
+def check_answers(url: str, titles: list[str]) -> list[str]:
+    """A few requests of 1 and 8 titles: 200, one list per title, 7 labels each. Returns the top labels of 32 titles."""
+    top: list[str] = []
+    with httpx.Client(base_url=url, timeout=60) as client:
+        for start in range(0, 32, 8):
+            group = titles[start : start + 8]
+            for payload, n in (({"inputs": group[0]}, 1), ({"inputs": group}, len(group))):
+                resp = client.post("/predict", json=payload)
+                if resp.status_code != 200:
+                    raise RuntimeError(f"{url}/predict answered {resp.status_code}: {resp.text[:300]}")
+                out = resp.json()
+                if isinstance(payload["inputs"], str) and out and isinstance(out[0], dict):
+                    out = [out]  # pipeline(str) answers one flat list; the Serve app (HF protocol) a list per input
+                if len(out) != n or any(len(labels) != LABELS_PER_TITLE for labels in out):
+                    raise RuntimeError(f"{url}/predict: expected {n} x {LABELS_PER_TITLE} labels, got {out!r:.300}")
+            top += [max(labels, key=lambda x: x["score"])["label"] for labels in out]
+    return top
 
 
 # ---- (b) the naive baseline server (this file, run as a subprocess) ---------------------------------
@@ -170,88 +347,163 @@ def baseline_server(checkpoint: str, port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def run_baseline(checkpoint: str, model: str, titles: list[str], args: argparse.Namespace) -> list[Cell]:
+def run_naive(checkpoint: str, model: str, client: LoadClient, plan: list[tuple[int, int]], args: argparse.Namespace) -> tuple[list[Cell], list[str]]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--baseline-server", checkpoint, "--port", str(port)])
+    url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(f"http://127.0.0.1:{port}", "/healthz")
-        return measure("naive", model, f"http://127.0.0.1:{port}", titles, args)
+        wait_ready(url, "/healthz")
+        top = check_answers(url, client.titles)
+        print(f"  naive: correctness ok (200, {LABELS_PER_TITLE} labels per title)", flush=True)
+        return measure("naive", model, url, client, plan, args, {"server": [proc.pid]}), top
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
 # ---- (a) the Serve app ----------------------------------------------------------------------------
-def run_app(checkpoint: str, model: str, titles: list[str], args: argparse.Namespace, port: int) -> list[Cell]:
+def serve_config(checkpoint: str, args: argparse.Namespace, port: int, ingress: str, max_batch_size: int, wait_s: float) -> Any:
+    from ynat_ray.config import YnatConfig
+
+    return YnatConfig(
+        checkpoint=checkpoint, host="127.0.0.1", port=port, min_replicas=1, max_replicas=1, replica_cpus=args.replica_cpus,
+        max_batch_size=max_batch_size, batch_wait_timeout_s=wait_s, http_ingress=ingress, backend=args.backend,
+    )  # fmt: skip
+
+
+def start_serve(cfg: Any) -> tuple[str, dict[str, Any]]:
+    """`deploy` (the product path) on a fresh Serve; returns (ingress, /info)."""
+    from ynat_ray.serving import deploy
+
+    ingress = deploy(cfg, name=APP, route_prefix="/", log=lambda line: print(line, flush=True))
+    url = f"http://127.0.0.1:{cfg.port}"
+    wait_ready(url, "/readyz")
+    return ingress, httpx.get(url + "/info", timeout=10).json()
+
+
+def run_serve(
+    checkpoint: str, model: str, client: LoadClient, plan: list[tuple[int, int]], args: argparse.Namespace, ingress: str,
+) -> tuple[list[Cell], list[str], dict[str, Any]]:  # fmt: skip
     from ray import serve
 
-    from ynat_ray.config import YnatConfig
+    cfg = serve_config(checkpoint, args, free_port(), ingress, args.max_batch_size, args.batch_wait_timeout_s)
+    try:
+        used, info = start_serve(cfg)
+        url = f"http://127.0.0.1:{cfg.port}"
+        top = check_answers(url, client.titles)
+        settings = f"max_batch_size={cfg.max_batch_size}, batch_wait_timeout_s={cfg.batch_wait_timeout_s:g}"
+        print(f"  serve ({used}): correctness ok; engine {info.get('backend')} ({info.get('backend_reason')}), {info.get('threads')} thread(s); {settings}", flush=True)
+        server = f"serve-{used}"
+        pids = CpuMeter.serve_processes()
+        cells = measure(server, model, url, client, plan, args, pids, settings)
+        return cells, top, {"ingress_requested": ingress, "ingress_used": used, "info": info, "processes": {k: len(v) for k, v in pids.items()}}
+    finally:
+        serve.shutdown()
+
+
+def run_sweep(checkpoint: str, model: str, client: LoadClient, args: argparse.Namespace) -> list[Cell]:
+    """Serve only: each --sweep setting MAX_BATCH:WAIT_S on the 1-title and N-title cells at --concurrency."""
+    from ray import serve
+
     from ynat_ray.serving import build_app
 
-    cfg = YnatConfig(
-        checkpoint=checkpoint,
-        max_length=MAX_LEN,
-        min_replicas=1,
-        max_replicas=1,
-        replica_cpus=args.replica_cpus,
-        max_batch_size=args.max_batch_size,
-        max_ongoing_requests=max(64, args.max_batch_size),
-        batch_wait_timeout_s=args.batch_wait_timeout_s,
-    )
-    serve.run(build_app(cfg), name="bench", route_prefix="/")
+    plan = [(n, c) for n in args.texts for c in args.concurrency]
+    cells: list[Cell] = []
+    first = True
+    port = free_port()
     try:
-        wait_ready(f"http://127.0.0.1:{port}", "/readyz")
-        return measure("ray-serve", model, f"http://127.0.0.1:{port}", titles, args)
+        for spec in args.sweep:
+            size, wait = spec.split(":")
+            cfg = serve_config(checkpoint, args, port, "haproxy", int(size), float(wait))
+            if first:
+                used, _ = start_serve(cfg)
+                first = False
+            else:
+                serve.run(build_app(cfg), name=APP, route_prefix="/")
+                wait_ready(f"http://127.0.0.1:{port}", "/readyz")
+            settings = f"max_batch_size={size}, batch_wait_timeout_s={wait}"
+            print(f"== sweep {model} ({used}): {settings}", flush=True)
+            cells += measure(f"serve-{used}", model, f"http://127.0.0.1:{port}", client, plan, args, CpuMeter.serve_processes(), settings)
     finally:
-        serve.delete("bench")
-
-
-def precision_speed(checkpoint: str, titles: list[str], threads: int) -> dict[str, float]:
-    """The model alone, batches of 32 titles: texts/s in fp32 and in bf16 autocast (forced)."""
-    import torch
-
-    from ynat_ray.inference import TextClassifier
-
-    torch.set_num_threads(threads)
-    out = {}
-    for precision in ("fp32", "bf16"):
-        clf = TextClassifier(checkpoint, use_gpu=False, precision=precision, max_length=MAX_LEN)
-        clf.probabilities(titles[:64], batch_size=32)  # warm-up
-        start = time.perf_counter()
-        for _ in range(3):
-            clf.probabilities(titles, batch_size=32)
-        out[precision] = round(3 * len(titles) / (time.perf_counter() - start), 1)
-    return out
+        serve.shutdown()
+    return cells
 
 
 # ---- report -------------------------------------------------------------------------------------------
+def ratio_of(cell: Cell, naive: dict[tuple[str, int, int], Cell], metric: str) -> float | None:
+    base = naive.get((cell.model, cell.texts_per_request, cell.concurrency))
+    if base is None or cell.server == "naive" or not getattr(base, metric):
+        return None
+    return getattr(cell, metric) / getattr(base, metric)
+
+
 def table(cells: list[Cell]) -> str:
     naive = {(c.model, c.texts_per_request, c.concurrency): c for c in cells if c.server == "naive"}
     rows = [
-        "| model | server | texts/req | concurrency | requests | req/s | texts/s | p50 ms | p99 ms | errors | texts/s vs naive |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | server | texts/req | conc. | req/s | texts/s | p50 ms | p99 ms | non-2xx | req/s vs naive | texts/s vs naive | CPU ms per request: server processes / client / whole machine |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for c in cells:
-        base = naive.get((c.model, c.texts_per_request, c.concurrency))
-        ratio = f"{c.texts_per_s / base.texts_per_s:.2f}x" if base and base.texts_per_s and c.server != "naive" else ""
+        r_req, r_txt = ratio_of(c, naive, "req_per_s"), ratio_of(c, naive, "texts_per_s")
+        cpu = c.cpu_ms_per_request
+        server_cpu = ", ".join(f"{k} {cpu[k]:.2f}" for k in ("server", "replica", "haproxy", "serve_proxy") if k in cpu)
         rows.append(
-            f"| {c.model} | {c.server} | {c.texts_per_request} | {c.concurrency} | {c.requests} | {c.req_per_s} | {c.texts_per_s} "
-            f"| {c.p50_ms} | {c.p99_ms} | {c.errors} | {ratio} |"
+            f"| {c.model} | {c.server} | {c.texts_per_request} | {c.concurrency} | {c.req_per_s:.0f} | {c.texts_per_s:.0f} | {c.p50_ms} | {c.p99_ms} "
+            f"| {c.non_2xx + c.socket_errors} | {f'{r_req:.2f}x' if r_req else ''} | {f'{r_txt:.2f}x' if r_txt else ''} "
+            f"| {server_cpu} / {cpu.get('client', float('nan')):.2f} / {cpu.get('machine', float('nan')):.2f} |"
         )
     return "\n".join(rows)
 
 
+def goals(cells: list[Cell], presets: dict[str, str], concurrency: int) -> list[dict[str, Any]]:
+    naive = {(c.model, c.texts_per_request, c.concurrency): c for c in cells if c.server == "naive"}
+    out = []
+    for c in cells:
+        target = TARGETS.get((presets.get(c.model, ""), c.texts_per_request))
+        if not target or c.server != "serve-haproxy" or c.concurrency != concurrency:
+            continue
+        metric, need, p99_limit = target
+        ratio = ratio_of(c, naive, metric)
+        met = ratio is not None and ratio >= need and (p99_limit is None or c.p99_ms <= p99_limit)
+        text = f"{c.model} {c.texts_per_request} title(s)/req c{c.concurrency}: {metric} {ratio or float('nan'):.2f}x (target >= {need}x)"
+        if p99_limit is not None:
+            text += f", p99 {c.p99_ms} ms (target <= {p99_limit:g} ms)"
+        out.append({"goal": text, "met": met, "ratio": ratio, "p99_ms": c.p99_ms})
+    for c in cells:
+        if c.concurrency == 1 and c.texts_per_request == 1:
+            out.append({"goal": f"{c.model} {c.server} c1 1 title: p50 {c.p50_ms} ms, p99 {c.p99_ms} ms", "met": None})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["ynat-tiny", "ynat-small"], help="Presets to build untrained checkpoints for.")
-    parser.add_argument("--checkpoint", default=None, help="Use this checkpoint instead (one model, named by --models).")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--texts", type=int, nargs="+", default=[1, 8], help="Texts per request.")
-    parser.add_argument("--duration", type=float, default=10.0, help="Seconds per cell (after warm-up).")
-    parser.add_argument("--max_requests", type=int, default=20_000, help="Cap per cell.")
-    parser.add_argument("--replica_cpus", type=float, default=2.0, help="CPUs (= torch threads) of the one model replica.")
-    parser.add_argument("--max_batch_size", type=int, default=32)
-    parser.add_argument("--batch_wait_timeout_s", type=float, default=0.005)
+    parser.add_argument(
+        "--model", action="append", metavar="NAME=DIR",
+        help="A trained checkpoint, as NAME=DIR (repeat: e.g. tiny=... 6x384=...). Its run spec names the preset the targets use.",
+    )  # fmt: skip
+    parser.add_argument("--input", help="Real YNAT rows (jsonl/json/csv/parquet) whose titles become the request bodies.")
+    parser.add_argument("--texts", type=int, nargs="+", default=[1, 8], help="Titles per request for the load cells.")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[16], help="Open connections (wrk -c) for the load cells.")
+    parser.add_argument(
+        "--latency_concurrency", type=int, nargs="*", default=[1],
+        help="Extra 1-title cells at these concurrencies (latency; default: concurrency 1). Pass nothing to skip.",
+    )  # fmt: skip
+    parser.add_argument("--duration", type=float, default=12.0, help="Measured seconds per cell (wrk rounds to whole seconds).")
+    parser.add_argument("--warmup", type=float, default=3.0, help="Unmeasured warm-up seconds before each cell, same load.")
+    parser.add_argument("--client", choices=["auto", "wrk", "httpx"], default="auto", help="Load generator; auto: wrk if installed, else httpx.")
+    parser.add_argument("--replica_cpus", type=float, default=2.0, help="CPUs of the one Serve replica (= its engine's intra-op threads).")
+    parser.add_argument("--max_batch_size", type=int, default=None, help="@serve.batch max_batch_size (default: YnatConfig's).")
+    parser.add_argument("--batch_wait_timeout_s", type=float, default=None, help="@serve.batch batch_wait_timeout_s (default: YnatConfig's).")
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"], help="The Serve replica's engine backend.")
+    parser.add_argument(
+        "--proxy_cell", action=argparse.BooleanOptionalAction, default=True,
+        help="Also serve the first model through Serve's Python proxy (http_ingress=proxy), 1 title at the first --concurrency.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--sweep", nargs="+", default=None, metavar="MAX_BATCH:WAIT_S",
+        help="Instead of the comparison: measure these @serve.batch settings on the Serve app (first --model, --texts x --concurrency).",
+    )  # fmt: skip
+    parser.add_argument("--num_cpus", type=int, default=None, help="Logical CPUs of the local Ray cluster (default: this machine's).")
     parser.add_argument("--out", default=str(HERE / "results"), help="Directory for the JSON results.")
     parser.add_argument("--baseline-server", dest="baseline_server", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
@@ -259,39 +511,70 @@ def main() -> None:
     if args.baseline_server:
         baseline_server(args.baseline_server, args.port)
         return
-    if args.checkpoint and len(args.models) != 1:
-        parser.error("--checkpoint takes exactly one --models name")
+    if not args.model or not args.input:
+        parser.error("--model and --input are required")
 
     import ray
-    from ray import serve
 
-    titles = embedded_split("test")["title"].tolist()
-    cores = os.cpu_count() or 2
-    # Logical CPUs: the replica's share plus room for the 0.1-CPU ingress (the proxy and controller take none).
-    ray.init(num_cpus=max(cores, int(np.ceil(args.replica_cpus + 0.1))), include_dashboard=False, log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    cells: list[Cell] = []
-    speeds: dict[str, dict[str, float]] = {}
+    from ynat_ray.checkpoint import read_run_spec
+    from ynat_ray.config import YnatConfig
+    from ynat_ray.data import read_rows
+
+    defaults = YnatConfig()
+    args.max_batch_size = args.max_batch_size or defaults.max_batch_size
+    args.batch_wait_timeout_s = defaults.batch_wait_timeout_s if args.batch_wait_timeout_s is None else args.batch_wait_timeout_s
+    models = dict(spec.split("=", 1) for spec in args.model)
+    presets = {name: getattr(read_run_spec(path), "model", "") or "" for name, path in models.items()}
+    titles = read_rows(args.input, YnatConfig(on_bad_rows="skip"), require_label=False)["title"].tolist()
+    kind = args.client if args.client != "auto" else ("wrk" if shutil.which("wrk") else "httpx")
+    if kind == "wrk" and not shutil.which("wrk"):
+        parser.error("--client wrk: wrk is not installed (apt-get install -y wrk)")
+    print(f"load generator: {kind}; {len(titles)} titles from {args.input}; models {presets}", flush=True)
+
+    ray.init(num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
     started = time.time()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for model in args.models:
-                checkpoint = args.checkpoint or make_checkpoint(model, tmp)
-                print(f"== {model}: {checkpoint}", flush=True)
-                cells += run_baseline(checkpoint, model, titles, args)
-                cells += run_app(checkpoint, model, titles, args, port)
-                speeds[model] = precision_speed(checkpoint, titles[:512], max(1, int(args.replica_cpus)))
-                print(f"  model alone, batches of 32: {speeds[model]} texts/s", flush=True)
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    cells: list[Cell] = []
+    meta: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        client = LoadClient(kind, titles, tmp)
+        try:
+            if args.sweep:
+                name = next(iter(models))
+                cells = run_sweep(models[name], name, client, args)
+            else:
+                for i, (name, checkpoint) in enumerate(models.items()):
+                    print(f"== {name} ({presets[name]}): {checkpoint}", flush=True)
+                    plan = [(n, c) for n in args.texts for c in args.concurrency] + [(1, c) for c in args.latency_concurrency]
+                    naive_cells, naive_top = run_naive(checkpoint, name, client, plan, args)
+                    serve_cells, serve_top, meta[name] = run_serve(checkpoint, name, client, plan, args, "haproxy")
+                    agree = float(np.mean([a == b for a, b in zip(naive_top, serve_top)]))
+                    meta[name]["top_label_agreement_with_naive"] = agree
+                    print(f"  top labels, serve vs naive (pipeline, torch fp32), {len(naive_top)} titles: {agree:.2%} agree", flush=True)
+                    cells += naive_cells + serve_cells
+                    if i == 0 and args.proxy_cell:
+                        proxy_cells, _, meta[f"{name}/proxy"] = run_serve(checkpoint, name, client, [(1, args.concurrency[0])], args, "proxy")
+                        cells += proxy_cells
+        finally:
+            ray.shutdown()
+
+    print(f"\nload generator: {kind} (-t1, --latency); {args.duration:g} s per cell after {args.warmup:g} s warm-up; replica_cpus {args.replica_cpus:g}")
+    print(f"Serve batching: max_batch_size={args.max_batch_size}, batch_wait_timeout_s={args.batch_wait_timeout_s:g}" if not args.sweep else "sweep")
+    for name, m in meta.items():
+        info = m.get("info", {})
+        print(f"{name}: ingress {m['ingress_used']} (asked {m['ingress_requested']}); engine {info.get('backend')}, {info.get('threads')} thread(s)")
     print(f"\n{table(cells)}\n")
-    for model, s in speeds.items():
-        print(f"{model}: model alone fp32 {s['fp32']} texts/s, bf16 autocast {s['bf16']} texts/s (bf16/fp32 = {s['bf16'] / s['fp32']:.2f})")
+    results_goals = [] if args.sweep else goals(cells, presets, args.concurrency[0])
+    for g in results_goals:
+        mark = "" if g["met"] is None else ("MET   " if g["met"] else "MISSED")
+        print(f"{mark:<6} {g['goal']}")
     os.makedirs(args.out, exist_ok=True)
-    out = Path(args.out) / f"serve_load_{int(started)}.json"
-    out.write_text(json.dumps({"args": vars(args), "cells": [asdict(c) for c in cells], "precision_speed": speeds}, indent=1))
+    out = Path(args.out) / f"serve_load_{'sweep_' if args.sweep else ''}{int(started)}.json"
+    out.write_text(
+        json.dumps(
+            {"args": vars(args), "models": models, "presets": presets, "client": kind, "servers": meta, "cells": [asdict(c) for c in cells], "goals": results_goals},
+            indent=1, ensure_ascii=False, default=str,
+        )
+    )  # fmt: skip
     print(f"wrote {out}")
 
 

@@ -23,6 +23,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+TRAINED_MAX_LENGTH = 48
 CLUSTER_CPUS = 2  # what this project's CI and a small laptop have; do not inflate it to hide deadlocks
 
 
@@ -93,6 +94,7 @@ def trained(ray_session: Cluster, storage: str):
     from ynat_ray.train import run_training
 
     cfg = YnatConfig(
+        max_length=TRAINED_MAX_LENGTH,  # not the default: every inference path must read it back from the checkpoint
         max_train_samples=2000,
         max_eval_samples=300,
         epochs=3,

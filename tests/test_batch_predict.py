@@ -79,7 +79,8 @@ def test_every_row_scored_in_input_order_like_pipeline(ray_session, checkpoint_d
     from ynat_ray.inference import TextClassifier
 
     output = str(tmp_path / "preds")
-    cfg = YnatConfig(checkpoint=checkpoint_dir, input=str(inputs.dir), output=output, all_scores=True, eval_batch_size=16)
+    # backend onnx (fp32): equal to pipeline() to 1e-4; auto's int8 pick is checked against the engine below.
+    cfg = YnatConfig(checkpoint=checkpoint_dir, input=str(inputs.dir), output=output, all_scores=True, eval_batch_size=16, backend="onnx")
     summary = run_batch_prediction(cfg)
     out = _read_predictions(output, "parquet")
     want = inputs.expected
@@ -95,7 +96,7 @@ def test_every_row_scored_in_input_order_like_pipeline(ray_session, checkpoint_d
 
     # Same answers as TextClassifier and transformers.pipeline on the same checkpoint.
     texts = want["title"].tolist()
-    probs = TextClassifier(checkpoint_dir, use_gpu=False).probabilities(texts)
+    probs = TextClassifier(checkpoint_dir, use_gpu=False, backend="onnx").probabilities(texts)
     assert out["label"].tolist() == [LABELS[i] for i in probs.argmax(1)]
     np.testing.assert_allclose(out["score"], probs.max(1), atol=1e-5)
     piped = pipeline("text-classification", model=checkpoint_dir, device="cpu")(texts, batch_size=64)
@@ -111,6 +112,33 @@ def test_every_row_scored_in_input_order_like_pipeline(ray_session, checkpoint_d
     assert metrics["accuracy"] == pytest.approx(float((out["label"][labeled] == want["gold"][labeled]).mean()))
     printed = capsys.readouterr().out
     assert "accuracy" in printed and "macro-F1" in printed and "rows/s" in printed and output in printed
+
+
+def test_long_titles_are_cut_at_the_trained_length_with_the_default_engine(ray_session, checkpoint_dir, tmp_path):
+    """No --max_length and no --backend: actors truncate where training did (48 tokens, from the checkpoint) and
+    run auto's engine; the labels equal that engine in process, and fp32 scores equal pipeline's truncation."""
+    from transformers import pipeline
+
+    from ynat_ray.batch import run_batch_prediction
+    from ynat_ray.inference import TextClassifier
+
+    titles = embedded_split("test")["title"].tolist()[:12]
+    long_titles = [" ".join([t] * 8) for t in titles]  # ~100+ tokens each, far past 48
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "long.jsonl").write_text("".join(json.dumps({"title": t}, ensure_ascii=False) + "\n" for t in long_titles), "utf-8")
+    base = {"checkpoint": checkpoint_dir, "input": str(tmp_path / "in")}
+    auto = _run_and_read(run_batch_prediction, YnatConfig(**base, output=str(tmp_path / "auto")))
+    engine = TextClassifier(checkpoint_dir)
+    assert auto["label"].tolist() == [p["label"] for p in engine(long_titles)]
+
+    fp32 = _run_and_read(run_batch_prediction, YnatConfig(**base, output=str(tmp_path / "fp32"), backend="onnx"))
+    piped = pipeline("text-classification", model=checkpoint_dir, device="cpu", truncation=True)(long_titles)
+    np.testing.assert_allclose(fp32["score"], [p["score"] for p in piped], atol=1e-4)
+
+
+def _run_and_read(run: object, cfg: YnatConfig) -> pd.DataFrame:
+    run(cfg)  # type: ignore[operator]
+    return _read_predictions(cfg.output, cfg.output_format)
 
 
 def test_malformed_row_errors_or_is_quarantined(ray_session, checkpoint_dir, tmp_path):

@@ -39,9 +39,32 @@ def test_checkpoint_is_a_pipeline_ready_hf_directory(checkpoint_dir):
     titles = ["유튜브 내달 2일까지 크리에이터 지원 공간 운영", "코스피 외국인 매수에 상승 마감", "손흥민 시즌 10호골"]
     out = pipeline("text-classification", model=checkpoint_dir)(titles)
     assert [set(o) for o in out] == [{"label", "score"}] * 3 and all(o["label"] in LABELS for o in out)
-    ours = TextClassifier(checkpoint_dir)(titles)
-    assert [o["label"] for o in ours] == [o["label"] for o in out]
-    assert all(abs(a["score"] - b["score"]) < 1e-4 for a, b in zip(ours, out))
+    for backend in ("torch", "onnx"):  # fp32 engines equal pipeline() to 1e-4
+        ours = TextClassifier(checkpoint_dir, backend=backend)(titles)
+        assert [o["label"] for o in ours] == [o["label"] for o in out]
+        assert all(abs(a["score"] - b["score"]) < 1e-4 for a, b in zip(ours, out))
+    # Training exported ONNX fp32 + int8 into the checkpoint and recorded their parity on the validation rows.
+    parity = json.loads(Path(checkpoint_dir, "onnx", "parity.json").read_text(encoding="utf-8"))
+    assert parity["fp32_ok"] and parity["fp32_max_abs_diff"] <= 1e-4 and parity["rows"] == 300
+    assert {"model.onnx", "model.int8.onnx"} <= set(os.listdir(Path(checkpoint_dir, "onnx")))
+    auto = TextClassifier(checkpoint_dir)
+    assert auto.backend == ("onnx-int8" if parity["int8_ok"] else "onnx") and "parity" in auto.choice.reason
+
+
+def test_every_inference_path_uses_the_trained_max_length(checkpoint_dir):
+    """The fixture trained at max_length 48, not the default 64: inference reads it from the checkpoint."""
+    from conftest import TRAINED_MAX_LENGTH
+
+    from ynat_ray.checkpoint import read_run_spec
+    from ynat_ray.inference import TextClassifier
+
+    assert read_run_spec(checkpoint_dir).max_length == TRAINED_MAX_LENGTH
+    assert TextClassifier(checkpoint_dir, backend="onnx").max_length == TRAINED_MAX_LENGTH
+    assert TextClassifier(checkpoint_dir, backend="onnx", max_length=16).max_length == 16  # shorter: as asked
+    capped = TextClassifier(checkpoint_dir, backend="onnx", max_length=500)  # longer: capped, and said so
+    assert capped.max_length == TRAINED_MAX_LENGTH and "capped" in capped.choice.reason
+    out = run_cli("evaluate", "--checkpoint", checkpoint_dir, "--max_eval_samples", "50")
+    assert out.returncode == 0 and f"max_length {TRAINED_MAX_LENGTH}" in out.stderr, out.stderr
 
 
 def test_artifacts_for_people(trained):
@@ -80,7 +103,7 @@ def test_cli_predict_and_evaluate(checkpoint_dir):
     assert out.returncode == 0, out.stderr
     assert "macro-F1" in out.stdout and "confusion matrix" in out.stdout and "생활문화" in out.stdout
     out = run_cli("predict")
-    assert out.returncode != 0 and "texts" in out.stderr
+    assert out.returncode == 2 and out.stderr.startswith("ynat-ray: error:") and "texts" in out.stderr
 
 
 @pytest.mark.slow

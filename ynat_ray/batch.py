@@ -9,8 +9,9 @@ Pipeline, and why each step looks the way it does:
      every actor. Skipped rows go to a tiny ledger actor that the driver asks for the quarantine file and
      the input row count.
   -> map_batches(Predictor, compute=ActorPoolStrategy(size=num_actors), num_cpus/num_gpus per actor):
-     each actor loads the checkpoint once (`TextClassifier`: length-sorted dynamic padding under
-     inference_mode, bf16 autocast where the hardware has it).
+     each actor loads the checkpoint once into the inference engine (`TextClassifier`: ONNX Runtime int8
+     on CPU where its parity check passed, length-sorted batches padded by the tokenizer), with as many
+     intra-op threads as the actor has CPUs.
   -> write_parquet / write_json with `preserve_order`, so output files follow the input order.
 
 Then the driver re-reads the written files' (source, row, gold, label) columns and raises unless the row
@@ -145,15 +146,17 @@ class Predictor:
     """Ray Data actor: loads the checkpoint once, then adds label/score (and optionally all scores)."""
 
     def __init__(self, cfg: YnatConfig):
-        import torch
+        from ynat_ray.inference import TextClassifier, threads_for
 
-        from ynat_ray.inference import TextClassifier
-
-        use_gpu = cfg.actor_gpus > 0
-        if not use_gpu:
-            torch.set_num_threads(max(1, round(cfg.actor_cpus)))  # one thread per reserved CPU, no oversubscription
         self.cfg = cfg
-        self.clf = TextClassifier(cfg.checkpoint, use_gpu=use_gpu, precision=cfg.precision, max_length=cfg.max_length)
+        self.clf = TextClassifier(
+            cfg.checkpoint,
+            backend=cfg.backend,
+            use_gpu=cfg.actor_gpus > 0,
+            precision=cfg.precision,
+            max_length=cfg.max_length,
+            threads=threads_for(cfg.actor_cpus),  # one thread per reserved CPU, no oversubscription
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return predict_table(self.clf, batch, self.cfg)
@@ -406,8 +409,8 @@ def run_batch_prediction(cfg: YnatConfig) -> dict[str, Any]:
     """Everything `ynat-ray predict-batch` / `jobs/predict.py` do; returns the printed summary as a dict."""
     import ray
 
+    from ynat_ray.cluster import init_ray
     from ynat_ray.metrics import classification_metrics, format_report
-    from ynat_ray.train import init_ray
 
     check_config(cfg)
     files = expand_paths(cfg.input)

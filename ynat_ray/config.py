@@ -20,6 +20,14 @@ EMBEDDED = "embedded"  # the YNAT subsample shipped in ynat_ray/assets
 HUB = "hub"  # datasets.load_dataset("klue", "ynat")
 
 
+class UsageError(ValueError):
+    """A command-line mistake (unknown option, bad value, missing argument): reported in one line, exit 2."""
+
+
+def _raise_usage_error(message: str) -> None:
+    raise UsageError(message)
+
+
 def _help(text: str, **kw: Any) -> Any:
     return field(metadata={"help": text}, **kw)
 
@@ -58,7 +66,12 @@ class YnatConfig:
         "'ynat-tiny' (default, trains in minutes on a laptop) or 'ynat-small' (6 layers x 384).",
         default="ynat-tiny",
     )
-    max_length: int = _help("Truncate texts to this many tokens (YNAT titles are ~20).", default=64)
+    max_length: int | None = _help(
+        "Truncate texts to this many tokens. Training: default 64 (YNAT titles are ~20). Inference: default the "
+        "length the checkpoint was trained with (read from its ynat_run_config.json); a smaller value truncates more, "
+        "a larger one is capped at the trained length.",
+        default=None,
+    )
     vocab_size: int = _help("WordPiece vocabulary size for the offline presets.", default=8000)
 
     # ---- training ---------------------------------------------------------------------------
@@ -99,6 +112,16 @@ class YnatConfig:
 
     # ---- inference (evaluate / predict / serve / predict-batch) ------------------------------
     checkpoint: str | None = _help("A trained checkpoint: local dir, URI, or hub id.", default=None)
+    backend: Literal["auto", "torch", "onnx", "onnx-int8"] = _help(
+        "Inference engine. 'auto': on CPU, ONNX Runtime int8 when its recorded parity check passed, else ONNX fp32; "
+        "on GPU, torch (bf16 where supported). The choice and its reason are logged and shown at /info.",
+        default="auto",
+    )
+    threads: int | None = _help(
+        "Intra-op threads for predict/evaluate. Default: the CPUs this process may use. (Serve replicas and batch actors "
+        "always use the CPUs they were given: --replica_cpus, --actor_cpus.)",
+        default=None,
+    )
 
     # ---- serving ----------------------------------------------------------------------------
     host: str = _help("Address the HTTP proxy binds.", default="127.0.0.1")
@@ -116,6 +139,12 @@ class YnatConfig:
     max_chars_per_text: int = _help("Longer texts are truncated to this many characters (see README).", default=2000)
     replica_cpus: float = _help("CPUs per serving replica.", default=1.0)
     replica_gpus: float = _help("GPUs per serving replica (bf16/fp16 on GPU).", default=0.0)
+    http_ingress: Literal["haproxy", "proxy"] = _help(
+        "'haproxy': Serve's HAProxy direct ingress (faster; falls back to 'proxy' with a warning if it cannot start). "
+        "'proxy': Serve's Python HTTP proxy. Applies when `ynat-ray serve` starts Ray itself; a running cluster keeps "
+        "the ingress it was started with (RAY_SERVE_ENABLE_HA_PROXY=1 in its environment turns HAProxy on).",
+        default="haproxy",
+    )
     request_timeout_s: float = _help("HTTP request timeout at the proxy.", default=30.0)
     look_back_period_s: float = _help(
         "Autoscaling: average the ongoing-request metric over this window (Serve's default, 30 s, makes scaling sluggish; "
@@ -143,6 +172,13 @@ class YnatConfig:
     )
 
     # -----------------------------------------------------------------------------------------
+    @property
+    def train_max_length(self) -> int:
+        """The length training truncates to (inference reads the trained one back from the checkpoint)."""
+        from ynat_ray.checkpoint import DEFAULT_MAX_LENGTH
+
+        return self.max_length or DEFAULT_MAX_LENGTH
+
     def resolved_storage_path(self) -> str:
         """Ray needs an absolute path or a URI; expand ~ and relative paths here, once."""
         if "://" in self.storage_path:
@@ -164,16 +200,27 @@ class YnatConfig:
 
 def load_config_file(path: str) -> dict[str, Any]:
     """Read a YAML or JSON config file into a dict."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path} does not exist")
     text = Path(path).read_text(encoding="utf-8")
     if path.endswith((".yaml", ".yml")):
         import yaml
 
-        values = yaml.safe_load(text) or {}
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise UsageError(f"config file {path} is not valid YAML: {' '.join(str(err).split())}") from None
     else:
-        values = json.loads(text)
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"config file {path} is not valid JSON: {err}") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a config file must hold a mapping of option names to values")
-    YnatConfig.from_dict(values)  # validate the keys early
+    try:
+        YnatConfig.from_dict(values)  # validate the keys early
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"config file {path}: {err}") from None
     return values
 
 
@@ -182,6 +229,7 @@ def build_parser(description: str | None = None) -> Any:
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(YnatConfig, description=description)
+    parser.error = _raise_usage_error  # argparse would print usage + exit; the CLI prints one line instead
     parser.add_argument("--config", default=None, help="YAML or JSON file of options; command-line flags override it.")
     return parser
 
@@ -193,6 +241,8 @@ def parse_config(argv: list[str] | None = None, parser: Any = None) -> tuple[Yna
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
         parser.set_defaults(**load_config_file(pre.config))
-    outputs = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    *outputs, unknown = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False, return_remaining_strings=True)
+    if unknown:
+        raise UsageError(f"unknown option(s): {' '.join(unknown)} (see --help)")
     extra = outputs[1] if len(outputs) > 1 else argparse.Namespace()
     return outputs[0], extra

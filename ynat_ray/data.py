@@ -128,6 +128,22 @@ def read_records(path: str) -> pd.DataFrame:
 # Validation
 
 
+def text_problem(text: str) -> str | None:
+    """Why a text cannot be classified, or None. One rule for rows, Serve requests and the CLI.
+
+    Empty or blank text is refused everywhere (a model "prediction" for it is noise). A lone surrogate
+    (JSON's "\\ud800", or bytes decoded with surrogateescape) is not Unicode text, and the tokenizer
+    would fail on it mid-batch.
+    """
+    if not text.strip():
+        return "empty"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return f"not valid Unicode: lone surrogate U+{ord(text[err.start]):04X} at character {err.start}"
+    return None
+
+
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
@@ -139,8 +155,9 @@ def _check_row(rec: dict[str, Any], text_column: str, label_column: str, require
         return text_column, "missing"
     if not isinstance(text, str):
         return text_column, f"wrong type: expected a string, got {type(text).__name__}"
-    if not text.strip():
-        return text_column, "empty"
+    problem = text_problem(text)
+    if problem:
+        return text_column, problem
     label = rec.get(label_column)
     if _missing(label) or (isinstance(label, str) and not label.strip()):
         if require_label:

@@ -1,5 +1,8 @@
 """Rows -> model inputs: tokenization as a Ray Data `map_batches` step and padding per batch.
 
+Tokenize-and-pad lives here only: the training collate, `TextClassifier`, Serve and batch jobs all call
+`encode_texts` / `pad_token_ids`, so every path pads the way the tokenizer says (pad id, padding side).
+
 Why pad per batch: YNAT titles are ~20 tokens. The notebook padded every title to 512, so ~95% of
 each forward pass was padding. Here Ray Data stores unpadded token ids and the collate function pads
 each batch only to its own longest title.
@@ -7,6 +10,7 @@ each batch only to its own longest title.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -48,29 +52,38 @@ def to_token_dataset(
     return ds.materialize() if materialize else ds
 
 
-def pad_batch(sequences: Any, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """(input_ids, attention_mask) padded to the longest sequence in this batch."""
-    length = max(len(s) for s in sequences)
-    ids = np.full((len(sequences), length), pad_id, dtype=np.int64)
-    mask = np.zeros((len(sequences), length), dtype=np.int64)
-    for i, seq in enumerate(sequences):
-        ids[i, : len(seq)] = seq
-        mask[i, : len(seq)] = 1
-    return ids, mask
+def encode_texts(tokenizer: Any, texts: Sequence[str], max_length: int, return_tensors: str = "np") -> dict[str, Any]:
+    """Tokenize, truncate to max_length and pad to this batch's longest text: the one inference encoder.
+
+    Padding comes from the tokenizer (its pad id and `padding_side`), exactly as `pipeline()` pads.
+    """
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length, padding=True, return_tensors=return_tensors)
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def pad_token_ids(tokenizer: Any, sequences: Sequence[Sequence[int]], return_tensors: str = "pt") -> dict[str, Any]:
+    """Pad already-tokenized ids to the longest in the batch with `tokenizer.pad` (DataCollatorWithPadding's way).
+
+    Same pad id, `padding_side` and attention mask as `encode_texts`, so training and inference batches
+    look alike. (The wrapper only silences the fast-tokenizer hint that pre-tokenized ids are padded here.)
+    """
+    from transformers.data.data_collator import pad_without_fast_tokenizer_warning
+
+    enc = pad_without_fast_tokenizer_warning(
+        tokenizer, {"input_ids": [list(map(int, s)) for s in sequences]}, padding=True, return_tensors=return_tensors
+    )
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
 class PadCollate(NumpyBatchCollateFn):
-    """Collate for `iter_torch_batches`: pads per batch, returns tensors Ray moves to the device."""
+    """Collate for `iter_torch_batches`: pads per batch with the tokenizer, returns tensors Ray moves to the device."""
 
-    def __init__(self, pad_id: int):
-        self.pad_id = pad_id
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         import torch
 
-        ids, mask = pad_batch(batch["input_ids"], self.pad_id)
-        return {
-            "input_ids": torch.from_numpy(ids),
-            "attention_mask": torch.from_numpy(mask),
-            "labels": torch.as_tensor(batch["labels"], dtype=torch.long),
-        }
+        out = pad_token_ids(self.tokenizer, batch["input_ids"], return_tensors="pt")
+        out["labels"] = torch.as_tensor(batch["labels"], dtype=torch.long)
+        return out

