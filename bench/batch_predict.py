@@ -1,121 +1,363 @@
-"""Batch prediction throughput: the Ray Data job vs `transformers.pipeline` in one process, same run.
+"""Batch prediction throughput: the ynat-ray Ray Data job vs `transformers.pipeline` in one process, same trained checkpoint.
 
-For each input size (the real rows, and the same rows repeated so start-up costs amortize) this measures:
+Input: the real rows of `--input` repeated `--repeat` times (7,107 validation rows x 5 = 35,535 rows), written
+once to a temporary jsonl (guids suffixed per copy). For each `--model`:
 
-  (a) baseline: `pipeline("text-classification", model=CKPT)(texts, batch_size=64)` in this process
-      (model already loaded; torch's default threads = every core), run before and after the jobs;
-  (b) ynat-ray's job, `run_batch_prediction` (read -> validate -> actor pool -> write parquet) for each
-      actor plan, cold: each run starts its actors and loads the model, as a user's job does.
+  (a) baseline: `pipeline("text-classification", model=CKPT, device="cpu")(texts, batch_size=64)` in this
+      process, model loaded and warmed up beforehand, timed on the same 35,535 titles (torch's default
+      threads: every core). It runs before and after that model's jobs; the reference is their mean.
+  (b) the job: `ynat_ray.batch.run_batch_prediction` (read + validate -> actor pool with the inference engine ->
+      write parquet -> re-read and verify the output), each run in a fresh Python process as a user's
+      `ynat-ray predict-batch` would, for every actor plan in `--plans` (NUM_ACTORSxCPUS_PER_ACTOR; the plan
+      must fit check_cpu_budget: actors x CPUs + 0.5 CPU for read/write tasks <= the cluster's CPUs):
+        - "new cluster": the job starts its own local Ray (RAY_ADDRESS=local), as on a laptop with no cluster;
+        - "running cluster": `ray start --head --num-cpus N --temp-dir /tmp/work/raybench` first, then the job
+          with RAY_ADDRESS=auto (Ray and its workers are already up). That cluster is stopped with `ray stop`
+          at the end, which stops EVERY Ray cluster on the machine: `--reuse_cluster` waits for no pytest run.
 
-rows/s for (b) is the job's own number (written rows / execution time, model loading included); the
-ratio column is (b) / (a) from the same invocation, because this machine's absolute speed is noisy. The
-job's labels are compared with the pipeline's on every row.
+Start-up vs steady state (the method): each job configuration also runs on the 7,107 real rows alone (x1).
+With the job's own execution seconds T (actors start, model load, read, predict, write; the driver's Ray
+start/join is timed separately) at n1 = 7,107 and n5 = 35,535 rows, steady rows/s = (n5 - n1) / (T5 - T1)
+and start-up = T1 - n1 / steady (a straight-line fit through two sizes). End-to-end rows/s is rows / wall
+seconds of the whole process (Python + Ray start-up + job + output verification). Both ratios vs the pipeline
+are reported; the issue's targets (>= 1.5x for ynat-tiny, >= 1.8x for 6x384 = ynat-small) are checked on both.
 
-    python bench/batch_predict.py --input /work/shared/data/ynat/validation.jsonl --checkpoint /tmp/ynat_ckpt_dev
-    python bench/batch_predict.py --input ... --checkpoint /tmp/ynat_small_untrained --build_preset ynat-small
+Labels: the job's labels must equal the inference engine's in-process output on the same texts
+(`TextClassifier(CKPT)` with the job's backend and its actors' thread count). With the int8 backend that can
+only hold up to batch composition: ONNX Runtime's dynamic quantization takes one activation scale per tensor,
+i.e. per padded batch, so a title's int8 logits depend on its batch-mates. So the script (1) asserts exact
+equality for an extra job run with `--backend onnx` (fp32, batch-independent) on the x1 rows, proving the
+job loses, duplicates or misaligns no row; (2) reports the int8 job's agreement with the engine in-process,
+next to the engine's agreement with itself at two batchings (the batch-composition noise floor), and
+asserts it is not below that floor minus `--tolerance`; (3) reports agreement with the pipeline's labels.
+
+    . .venv/bin/activate && export HF_HUB_OFFLINE=1
+    python bench/batch_predict.py --model tiny=/path/to/tiny/checkpoint --model 6x384=/path/to/small/checkpoint \\
+        --input /work/shared/data/ynat/validation.jsonl --reuse_cluster
+
+The rows are KLUE YNAT (Park et al., KLUE, 2021), CC BY-SA 4.0. Writes bench/results/batch_predict_<time>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ynat_ray.batch import output_files, read_output_file, run_batch_prediction  # noqa: E402
-from ynat_ray.config import YnatConfig  # noqa: E402
-from ynat_ray.data import embedded_split, read_rows  # noqa: E402
-
+HERE = Path(__file__).resolve().parent
 PIPELINE_BATCH = 64
+RAY_TEMP_DIR = "/tmp/work/raybench"
+# model preset (from the checkpoint's run spec) -> rows/s target vs the pipeline
+TARGETS = {"ynat-tiny": 1.5, "ynat-small": 1.8}
 
 
-def build_untrained_preset(preset: str, path: str, max_length: int = 64) -> None:
-    """An untrained preset checkpoint (throughput does not depend on training): tokenizer + model + save."""
-    from ynat_ray.modeling import build_model, train_wordpiece_tokenizer
-
-    tokenizer = train_wordpiece_tokenizer(embedded_split("train")["title"], vocab_size=8000, max_length=max_length)
-    model = build_model(preset, tokenizer, max_length)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+def ray_bin() -> str:
+    return str(Path(sys.executable).with_name("ray"))
 
 
-def pipeline_rows_per_s(pipe, texts: list[str]) -> tuple[float, list[str]]:
+def tests_running() -> bool:
+    return subprocess.run(["pgrep", "-f", "pytes[t]"], capture_output=True).returncode == 0
+
+
+def wait_for_no_tests(poll_s: float = 30.0) -> None:
+    while tests_running():
+        print("  a pytest run is active; waiting 30 s before touching Ray clusters ...", flush=True)
+        time.sleep(poll_s)
+
+
+# ---- the job, in a fresh process -----------------------------------------------------------------------
+def job_child(spec_path: str) -> None:
+    """Hidden mode: run one predict-batch job from a JSON spec and write its timings + summary beside it."""
+    t_start = time.perf_counter()
+    spec = json.loads(Path(spec_path).read_text())
+    from ynat_ray.batch import run_batch_prediction
+    from ynat_ray.cluster import init_ray
+    from ynat_ray.config import YnatConfig
+
+    cfg = YnatConfig(**spec["cfg"])
+    t_imported = time.perf_counter()
+    init_ray()
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    t_ray = time.perf_counter()
+    summary = run_batch_prediction(cfg)
+    t_done = time.perf_counter()
+    summary = {k: v for k, v in summary.items() if k != "output_files"}
+    timings = {"import_s": t_imported - t_start, "ray_init_s": t_ray - t_imported, "job_call_s": t_done - t_ray}
+    Path(spec["result"]).write_text(json.dumps({"summary": summary, "timings": timings}, default=str))
+
+
+def run_job(
+    checkpoint: str, source: str, output: str, plan: str, cluster: str, backend: str, eval_batch_size: int, workdir: str
+) -> dict[str, Any]:
+    """One job in a fresh process; returns its summary, timings, parent-measured wall seconds and labels."""
+    actors, cpus = plan.split("x")
+    spec = {
+        "cfg": {
+            "checkpoint": checkpoint, "input": source, "output": output, "num_actors": int(actors), "actor_cpus": float(cpus),
+            "eval_batch_size": eval_batch_size, "backend": backend, "overwrite": True,
+        },
+        "result": os.path.join(workdir, f"result_{time.time_ns()}.json"),
+    }  # fmt: skip
+    spec_path = os.path.join(workdir, f"spec_{time.time_ns()}.json")
+    Path(spec_path).write_text(json.dumps(spec))
+    env = {**os.environ, "RAY_ADDRESS": "local" if cluster == "new" else "auto", "RAY_USAGE_STATS_ENABLED": "0"}
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--job-child", spec_path], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"job ({plan}, {cluster} cluster) failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    result = json.loads(Path(spec["result"]).read_text())
+    result["wall_s"] = wall
+    result["labels"] = job_labels(output)
+    shutil.rmtree(output, ignore_errors=True)
+    return result
+
+
+def job_labels(output: str) -> list[str]:
+    from ynat_ray.batch import output_files, read_output_file
+
+    return pd.concat([read_output_file(p, ["label"]) for p in output_files(output, "parquet")])["label"].tolist()
+
+
+# ---- the reused cluster ----------------------------------------------------------------------------------
+def start_cluster(num_cpus: int) -> None:
+    wait_for_no_tests()
+    os.makedirs(RAY_TEMP_DIR, exist_ok=True)
+    cmd = [ray_bin(), "start", "--head", f"--num-cpus={num_cpus}", "--num-gpus=0", f"--temp-dir={RAY_TEMP_DIR}", "--disable-usage-stats",
+           "--include-dashboard=false"]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=180, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+
+
+def stop_cluster() -> None:
+    """`ray stop` stops every Ray cluster on this machine, so never while a test run (with its own cluster) is active."""
+    wait_for_no_tests()
+    subprocess.run([ray_bin(), "stop"], capture_output=True, text=True, timeout=180)
+
+
+# ---- the baseline and the in-process engine -------------------------------------------------------------
+def pipeline_run(pipe: Any, texts: list[str]) -> tuple[float, list[str]]:
     started = time.perf_counter()
     out = pipe(texts, batch_size=PIPELINE_BATCH)
     return len(texts) / (time.perf_counter() - started), [o["label"] for o in out]
 
 
-def job_labels(output: str) -> list[str]:
-    return pd.concat([read_output_file(p, ["label"]) for p in output_files(output, "parquet")])["label"].tolist()
+def engine_labels(checkpoint: str, backend: str, threads: int, texts: list[str], batch_size: int) -> tuple[str, list[str]]:
+    from ynat_ray.inference import TextClassifier
+
+    clf = TextClassifier(checkpoint, backend=backend, use_gpu=False, threads=threads)
+    probs = clf.probabilities(texts, batch_size=batch_size)
+    return clf.backend, [clf.id2label[int(i)] for i in probs.argmax(axis=1)]
+
+
+def agreement(a: list[str], b: list[str]) -> float:
+    if len(a) != len(b):
+        raise AssertionError(f"label lists differ in length: {len(a)} vs {len(b)}")
+    return float(np.mean([x == y for x, y in zip(a, b)]))
+
+
+# ---- report ----------------------------------------------------------------------------------------------
+def fit(n1: int, t1: float, n2: int, t2: float) -> tuple[float, float]:
+    """Straight line through (n1, t1), (n2, t2): (steady rows/s, fixed seconds)."""
+    if t2 <= t1:
+        return float("nan"), float("nan")
+    steady = (n2 - n1) / (t2 - t1)
+    return steady, t1 - n1 / steady
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--input", required=True, help="Real YNAT rows (jsonl/json/csv/parquet), e.g. the validation split.")
-    parser.add_argument("--checkpoint", required=True, help="Checkpoint directory both contenders load.")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", metavar="NAME=DIR", help="A trained checkpoint as NAME=DIR (repeat for several).")
+    parser.add_argument("--input", help="Real YNAT rows (jsonl/json/csv/parquet), e.g. the validation split.")
+    parser.add_argument("--repeat", type=int, default=5, help="The big input is the --input rows repeated this many times.")
+    parser.add_argument("--plans", nargs="+", default=["1x1.5", "2x0.75"], help="Actor plans NUM_ACTORSxCPUS_PER_ACTOR (each one job per size).")
+    parser.add_argument("--eval_batch_size", type=int, default=128, help="The job's forward-pass batch size (--eval_batch_size).")
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"], help="The job's engine backend.")
     parser.add_argument(
-        "--build_preset", default=None, help="First write an untrained preset (e.g. ynat-small) to --checkpoint if missing."
-    )
-    parser.add_argument("--repeats", type=int, nargs="+", default=[1, 5], help="Input sizes: the rows repeated this many times.")
-    parser.add_argument("--plans", nargs="+", default=["1x1", "1x1.5", "2x0.75"], help="Actor plans NUMxCPUS (each plan is one job).")
-    parser.add_argument("--eval_batch_size", type=int, default=128, help="The job's batch size (map_batches and forward pass).")
+        "--reuse_cluster", action=argparse.BooleanOptionalAction, default=True,
+        help="Also run the first plan on a running `ray start` cluster (RAY_ADDRESS=auto); stopped with `ray stop` at the end.",
+    )  # fmt: skip
+    parser.add_argument("--cluster_cpus", type=int, default=None, help="--num-cpus of the reused cluster (default: this machine's CPUs).")
+    parser.add_argument(
+        "--fp32_check", action=argparse.BooleanOptionalAction, default=True,
+        help="Run one extra x1 job with --backend onnx and assert its labels equal the engine's in-process labels exactly.",
+    )  # fmt: skip
+    parser.add_argument("--tolerance", type=float, default=0.002, help="Allowed int8 agreement shortfall below the batching noise floor.")
+    parser.add_argument("--out", default=str(HERE / "results"), help="Directory for the JSON results.")
+    parser.add_argument("--job-child", dest="job_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.job_child:
+        job_child(args.job_child)
+        return
+    if not args.model or not args.input:
+        parser.error("--model and --input are required")
 
-    if args.build_preset and not os.path.isdir(args.checkpoint):
-        build_untrained_preset(args.build_preset, args.checkpoint)
-
-    import ray
     import torch
     from transformers import pipeline
 
+    from ynat_ray.checkpoint import read_run_spec
+    from ynat_ray.config import YnatConfig
+    from ynat_ray.data import read_rows
+    from ynat_ray.inference import threads_for
+
+    models = dict(spec.split("=", 1) for spec in args.model)
+    presets = {name: getattr(read_run_spec(path), "model", "") or "" for name, path in models.items()}
     rows = read_rows(args.input, YnatConfig(on_bad_rows="skip"), require_label=False)
-    pipe = pipeline("text-classification", model=args.checkpoint, device="cpu")
-    pipe(rows["title"].head(PIPELINE_BATCH).tolist(), batch_size=PIPELINE_BATCH)  # warm-up
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    from ray.data import DataContext
+    started = time.time()
+    results: dict[str, Any] = {"args": vars(args), "models": models, "presets": presets, "cpus": os.cpu_count(), "torch": torch.__version__}
+    table: list[dict[str, Any]] = []
+    checks: list[str] = []
+    with tempfile.TemporaryDirectory(dir="/tmp/work" if os.path.isdir("/tmp/work") else None) as tmp:
+        sources = {}
+        for repeat in sorted({1, args.repeat}):
+            frames = []
+            for k in range(repeat):
+                copy = rows[["guid", "title", "label"]].copy()
+                copy["guid"] = copy["guid"].astype(str) + (f"#{k}" if k else "")
+                frames.append(copy)
+            big = pd.concat(frames, ignore_index=True)
+            path = os.path.join(tmp, f"input_x{repeat}.jsonl")
+            big.to_json(path, orient="records", lines=True, force_ascii=False)
+            sources[repeat] = (path, big["title"].tolist())
+        n1, n5 = len(sources[1][1]), len(sources[args.repeat][1])
+        print(f"input: {args.input} ({n1} rows) -> x1 {n1} rows, x{args.repeat} {n5} rows; {os.cpu_count()} CPUs", flush=True)
 
-    DataContext.get_current().enable_progress_bars = False
-
-    table = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for repeat in args.repeats:
-            big = pd.concat([rows] * repeat, ignore_index=True)
-            source = os.path.join(tmp, f"input_x{repeat}.parquet")
-            big.to_parquet(source)
-            # The baseline runs before and after the jobs; its mean is the reference (load on a shared box drifts).
-            before, base_labels = pipeline_rows_per_s(pipe, big["title"].tolist())
-            rows_at = len(table)
+        jobs: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+        per_model: dict[str, dict[str, Any]] = {}
+        for name, checkpoint in models.items():
+            texts = sources[args.repeat][1]
+            pipe = pipeline("text-classification", model=checkpoint, device="cpu", truncation=True)
+            pipe(texts[:PIPELINE_BATCH], batch_size=PIPELINE_BATCH)  # warm-up
+            before, pipe_labels = pipeline_run(pipe, texts)
+            print(f"== {name} ({presets[name]}): pipeline {before:.0f} rows/s ({torch.get_num_threads()} threads)", flush=True)
             for plan in args.plans:
-                actors, cpus = plan.split("x")
-                output = os.path.join(tmp, f"out_x{repeat}_{plan}")
-                cfg = YnatConfig(
-                    checkpoint=args.checkpoint, input=source, output=output, num_actors=int(actors), actor_cpus=float(cpus),
-                    eval_batch_size=args.eval_batch_size,
-                )  # fmt: skip
-                summary = run_batch_prediction(cfg)
-                labels = job_labels(output)
-                agree = sum(a == b for a, b in zip(labels, base_labels)) / len(base_labels)
-                table.append(
-                    (len(big), "ynat-ray job (Ray Data)", f"{actors} actor(s) x {cpus} CPU", summary["rows_per_s"], 0.0, f"{agree:.2%}")
-                )
-            after, _ = pipeline_rows_per_s(pipe, big["title"].tolist())
-            base = (before + after) / 2
-            table[rows_at:] = [(n, who, res, rps, rps / base, agree) for n, who, res, rps, _, agree in table[rows_at:]]
-            label = f"transformers.pipeline, 1 process ({before:.0f} before, {after:.0f} after the jobs)"
-            table.insert(rows_at, (len(big), label, f"{torch.get_num_threads()} threads", base, 1.0, "-"))
-    ray.shutdown()
+                for repeat in (1, args.repeat):
+                    r = run_job(checkpoint, sources[repeat][0], os.path.join(tmp, "out"), plan, "new", args.backend, args.eval_batch_size, tmp)
+                    jobs[(name, plan, "new", repeat)] = r
+                    print(f"  job {plan} new cluster x{repeat}: {r['summary']['rows']} rows, execute {r['summary']['seconds']:.1f} s, "
+                          f"wall {r['wall_s']:.1f} s, timings {json.dumps({k: round(v, 2) for k, v in r['timings'].items()})}", flush=True)  # fmt: skip
+            after, _ = pipeline_run(pipe, texts)
+            del pipe
+            per_model[name] = {"pipeline_before": before, "pipeline_after": after, "pipeline": (before + after) / 2, "pipe_labels": pipe_labels}
+            print(f"  pipeline after the jobs: {after:.0f} rows/s", flush=True)
 
-    print(f"\ncheckpoint {args.checkpoint}, input {args.input} ({len(rows)} rows), {os.cpu_count()} CPUs, torch {torch.__version__}\n")
-    print("| rows | contender | resources | rows/s | vs pipeline | same labels as pipeline |")
-    print("|---:|---|---|---:|---:|---:|")
-    for n, who, res, rps, ratio, agree in table:
-        print(f"| {n} | {who} | {res} | {rps:.0f} | {ratio:.2f}x | {agree} |")
+        if args.reuse_cluster:
+            start_cluster(args.cluster_cpus or os.cpu_count() or 2)
+            try:
+                for name, checkpoint in models.items():
+                    plan = args.plans[0]
+                    # One throw-away job first: the cluster's first job also pays for starting its worker processes.
+                    run_job(checkpoint, sources[1][0], os.path.join(tmp, "out"), plan, "running", args.backend, args.eval_batch_size, tmp)
+                    for repeat in (1, args.repeat):
+                        r = run_job(checkpoint, sources[repeat][0], os.path.join(tmp, "out"), plan, "running", args.backend, args.eval_batch_size, tmp)
+                        jobs[(name, plan, "running", repeat)] = r
+                        print(f"  {name} job {plan} running cluster x{repeat}: execute {r['summary']['seconds']:.1f} s, wall {r['wall_s']:.1f} s, "
+                              f"timings {json.dumps({k: round(v, 2) for k, v in r['timings'].items()})}", flush=True)  # fmt: skip
+            finally:
+                stop_cluster()
+
+        # ---- labels ----
+        for name, checkpoint in models.items():
+            m = per_model[name]
+            texts = sources[args.repeat][1]
+            plan0 = args.plans[0]
+            threads = threads_for(float(plan0.split("x")[1]))
+            backend, engine = engine_labels(checkpoint, args.backend, threads, texts, args.eval_batch_size)
+            _, engine_alt = engine_labels(checkpoint, args.backend, threads, texts, PIPELINE_BATCH)
+            floor = agreement(engine, engine_alt)
+            m.update(backend=backend, engine_self_agreement_batch_128_vs_64=floor)
+            for key, r in jobs.items():
+                if key[0] != name:
+                    continue
+                n = len(r["labels"])
+                r["agree_engine"] = agreement(r["labels"], engine[:n])
+                r["agree_pipeline"] = agreement(r["labels"], m["pipe_labels"][:n])
+                exact = r["agree_engine"] == 1.0
+                if not exact and r["agree_engine"] < floor - args.tolerance:
+                    raise AssertionError(f"{name} {key}: job agrees with the engine on {r['agree_engine']:.4%} < noise floor {floor:.4%} - {args.tolerance}")
+            checks.append(f"{name}: engine ({backend}) in-process vs itself at batch {args.eval_batch_size} vs {PIPELINE_BATCH}: {floor:.4%} agree")
+            if args.fp32_check and backend != "onnx":
+                r = run_job(checkpoint, sources[1][0], os.path.join(tmp, "out"), plan0, "new", "onnx", args.eval_batch_size, tmp)
+                _, fp32 = engine_labels(checkpoint, "onnx", threads, sources[1][1], args.eval_batch_size)
+                same = agreement(r["labels"], fp32)
+                m["fp32_job_vs_engine"] = same
+                assert same == 1.0, f"{name}: the fp32 job's labels differ from the engine's on {1 - same:.4%} of rows"
+                checks.append(f"{name}: job with --backend onnx (fp32), x1 rows: labels identical to TextClassifier(backend='onnx') in-process ({same:.2%}) [asserted]")
+
+        # ---- table ----
+        for name in models:
+            m = per_model[name]
+            base = m["pipeline"]
+            table.append({"model": name, "contender": "transformers.pipeline, 1 process (loaded beforehand)",
+                          "plan": f"{torch.get_num_threads()} torch threads, batch {PIPELINE_BATCH}", "cluster": "-",
+                          "rows": n5, "e2e_rows_per_s": base, "steady_rows_per_s": base, "startup_s": 0.0, "wall_s": n5 / base,
+                          "execute_s": n5 / base, "ray_init_s": 0.0, "agree_engine": None, "agree_pipeline": 1.0})  # fmt: skip
+            for (jname, plan, cluster, repeat), r in jobs.items():
+                if jname != name or repeat != args.repeat:
+                    continue
+                small = jobs[(name, plan, cluster, 1)]
+                steady, fixed = fit(n1, small["summary"]["seconds"], n5, r["summary"]["seconds"])
+                table.append({
+                    "model": name, "contender": f"ynat-ray job ({m['backend']})", "plan": f"{plan.split('x')[0]} actor(s) x {plan.split('x')[1]} CPU",
+                    "cluster": cluster, "rows": r["summary"]["rows"], "e2e_rows_per_s": r["summary"]["rows"] / r["wall_s"],
+                    "steady_rows_per_s": steady, "startup_s": fixed, "wall_s": r["wall_s"], "execute_s": r["summary"]["seconds"],
+                    "ray_init_s": r["timings"]["ray_init_s"], "agree_engine": r["agree_engine"], "agree_pipeline": r["agree_pipeline"],
+                })  # fmt: skip
+
+    print(f"\ncheckpoints {models}; {os.cpu_count()} CPUs; torch {torch.__version__}; input {args.input} x{args.repeat}\n")
+    md = markdown(table, per_model)
+    print(md + "\n")
+    for line in checks:
+        print(line)
+    goal_lines = []
+    for row in table:
+        need = TARGETS.get(presets.get(row["model"], ""))
+        if need is None or row["contender"].startswith("transformers"):
+            continue
+        base = per_model[row["model"]]["pipeline"]
+        e2e, steady = row["e2e_rows_per_s"] / base, row["steady_rows_per_s"] / base
+        goal_lines.append(
+            f"{'MET   ' if e2e >= need else 'MISSED'} {row['model']} {row['plan']} ({row['cluster']} cluster): end-to-end {e2e:.2f}x, "
+            f"steady {steady:.2f}x (target >= {need}x)"
+        )
+    print("\n".join(goal_lines))
+    for m in per_model.values():
+        m.pop("pipe_labels", None)
+    results.update(per_model=per_model, table=table, checks=checks, goals=goal_lines,
+                   jobs={"/".join(map(str, k)): {kk: vv for kk, vv in v.items() if kk != "labels"} for k, v in jobs.items()})  # fmt: skip
+    os.makedirs(args.out, exist_ok=True)
+    out = Path(args.out) / f"batch_predict_{int(started)}.json"
+    out.write_text(json.dumps(results, indent=1, ensure_ascii=False, default=str))
+    print(f"wrote {out}")
+
+
+def markdown(table: list[dict[str, Any]], per_model: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        "| model | contender | plan | Ray cluster | rows | rows/s end-to-end | vs pipeline | steady rows/s | vs pipeline | start-up s | wall s | Ray start/join s | labels = engine | labels = pipeline |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in table:
+        base = per_model[r["model"]]["pipeline"]
+        eng = "-" if r["agree_engine"] is None else f"{r['agree_engine']:.2%}"
+        lines.append(
+            f"| {r['model']} | {r['contender']} | {r['plan']} | {r['cluster']} | {r['rows']} | {r['e2e_rows_per_s']:.0f} | {r['e2e_rows_per_s'] / base:.2f}x "
+            f"| {r['steady_rows_per_s']:.0f} | {r['steady_rows_per_s'] / base:.2f}x | {r['startup_s']:.1f} | {r['wall_s']:.1f} | {r['ray_init_s']:.1f} "
+            f"| {eng} | {r['agree_pipeline']:.2%} |"
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

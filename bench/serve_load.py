@@ -382,7 +382,7 @@ def start_serve(cfg: Any) -> tuple[str, dict[str, Any]]:
 
 
 def run_serve(
-    checkpoint: str, model: str, client: LoadClient, plan: list[tuple[int, int]], args: argparse.Namespace, ingress: str,
+    checkpoint: str, model: str, client: LoadClient, plan: list[tuple[int, int]], args: argparse.Namespace, ingress: str, extra: bool = False,
 ) -> tuple[list[Cell], list[str], dict[str, Any]]:  # fmt: skip
     from ray import serve
 
@@ -393,7 +393,7 @@ def run_serve(
         top = check_answers(url, client.titles)
         settings = f"max_batch_size={cfg.max_batch_size}, batch_wait_timeout_s={cfg.batch_wait_timeout_s:g}"
         print(f"  serve ({used}): correctness ok; engine {info.get('backend')} ({info.get('backend_reason')}), {info.get('threads')} thread(s); {settings}", flush=True)
-        server = f"serve-{used}"
+        server = f"serve-{used}" + (" (extra)" if extra else "")
         pids = CpuMeter.serve_processes()
         cells = measure(server, model, url, client, plan, args, pids, settings)
         return cells, top, {"ingress_requested": ingress, "ingress_used": used, "info": info, "processes": {k: len(v) for k, v in pids.items()}}
@@ -460,7 +460,7 @@ def goals(cells: list[Cell], presets: dict[str, str], concurrency: int) -> list[
     out = []
     for c in cells:
         target = TARGETS.get((presets.get(c.model, ""), c.texts_per_request))
-        if not target or c.server != "serve-haproxy" or c.concurrency != concurrency:
+        if not target or not c.server.startswith("serve-") or c.server.endswith("(extra)") or c.concurrency != concurrency:
             continue
         metric, need, p99_limit = target
         ratio = ratio_of(c, naive, metric)
@@ -531,7 +531,8 @@ def main() -> None:
         parser.error("--client wrk: wrk is not installed (apt-get install -y wrk)")
     print(f"load generator: {kind}; {len(titles)} titles from {args.input}; models {presets}", flush=True)
 
-    ray.init(num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    # address="local": always a fresh cluster of our own, never one that `ray start` left running on this machine.
+    ray.init(address="local", num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
     started = time.time()
     cells: list[Cell] = []
     meta: dict[str, Any] = {}
@@ -552,7 +553,7 @@ def main() -> None:
                     print(f"  top labels, serve vs naive (pipeline, torch fp32), {len(naive_top)} titles: {agree:.2%} agree", flush=True)
                     cells += naive_cells + serve_cells
                     if i == 0 and args.proxy_cell:
-                        proxy_cells, _, meta[f"{name}/proxy"] = run_serve(checkpoint, name, client, [(1, args.concurrency[0])], args, "proxy")
+                        proxy_cells, _, meta[f"{name}/proxy"] = run_serve(checkpoint, name, client, [(1, args.concurrency[0])], args, "proxy", extra=True)
                         cells += proxy_cells
         finally:
             ray.shutdown()

@@ -22,6 +22,9 @@ import pytest
 # Tests never reach the Hugging Face hub; set before any HF library is imported so failures are immediate.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Ray fixes its auth mode when it is first imported, and collecting a test module may import it (through
+# ynat_ray): set token auth, which the session cluster uses, before any test module is imported.
+os.environ["RAY_AUTH_MODE"] = "token"
 
 TRAINED_MAX_LENGTH = 48
 CLUSTER_CPUS = 2  # what this project's CI and a small laptop have; do not inflate it to hide deadlocks

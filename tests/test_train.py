@@ -40,7 +40,7 @@ def test_checkpoint_is_a_pipeline_ready_hf_directory(checkpoint_dir):
     out = pipeline("text-classification", model=checkpoint_dir)(titles)
     assert [set(o) for o in out] == [{"label", "score"}] * 3 and all(o["label"] in LABELS for o in out)
     for backend in ("torch", "onnx"):  # fp32 engines equal pipeline() to 1e-4
-        ours = TextClassifier(checkpoint_dir, backend=backend)(titles)
+        ours = TextClassifier(checkpoint_dir, backend=backend, precision="fp32")(titles)
         assert [o["label"] for o in ours] == [o["label"] for o in out]
         assert all(abs(a["score"] - b["score"]) < 1e-4 for a, b in zip(ours, out))
     # Training exported ONNX fp32 + int8 into the checkpoint and recorded their parity on the validation rows.

@@ -195,6 +195,27 @@ def check_config(cfg: YnatConfig) -> None:
         raise ValueError("--num_actors and --eval_batch_size must be >= 1")
 
 
+def prepare_engine(cfg: YnatConfig) -> str:
+    """Export a local checkpoint once here, before the actors start, and say which backend they will run.
+
+    Why in the driver: N actors would otherwise race to export the same checkpoint (a lock makes that safe,
+    but all but one would wait), and the user should see the engine choice before the job runs.
+    """
+    import os
+
+    from ynat_ray.inference import choose_backend
+
+    path = (cfg.checkpoint or "").removeprefix("file://")
+    if cfg.actor_gpus > 0:
+        return choose_backend(cfg.backend, "cuda", None).name
+    if cfg.backend == "torch" or not os.path.isdir(path):
+        return cfg.backend if cfg.backend != "auto" else "auto (chosen in each actor)"
+    from ynat_ray.export import export_checkpoint
+
+    choice = choose_backend(cfg.backend, "cpu", export_checkpoint(path, log=lambda _: None))
+    return f"{choice.name} ({choice.reason})"
+
+
 def check_cpu_budget(cfg: YnatConfig, cluster_cpus: float) -> None:
     """CPU actors plus one read and one write task must fit, or Ray Data would wait forever.
 
@@ -420,7 +441,8 @@ def run_batch_prediction(cfg: YnatConfig) -> dict[str, Any]:
     check_cpu_budget(cfg, ray.cluster_resources().get("CPU", 0.0))
     print(
         f"[ynat-ray] predict-batch: {len(files)} file(s) from {cfg.input} -> {cfg.output} ({cfg.output_format}); "
-        f"{cfg.num_actors} actor(s) x {cfg.actor_cpus:g} CPU / {cfg.actor_gpus:g} GPU, batch {cfg.eval_batch_size}",
+        f"{cfg.num_actors} actor(s) x {cfg.actor_cpus:g} CPU / {cfg.actor_gpus:g} GPU, batch {cfg.eval_batch_size}; "
+        f"engine {prepare_engine(cfg)}",
         flush=True,
     )
 

@@ -157,8 +157,12 @@ def content_hash(path: str) -> str:
 
 
 def _looks_like_path(spec: str) -> bool:
-    """Hub ids are 'name' or 'owner/name'; anything else with a path shape is a local directory."""
-    return spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or os.sep != "/" and os.sep in spec
+    """Hub ids are 'name' or 'owner/name'; anything else with a path shape, or under an existing local
+    directory (`runs/ckpt` when ./runs exists), is a local directory."""
+    parent = os.path.dirname(spec)
+    if spec.startswith(("/", ".", "~")) or spec.count("/") > 1 or (os.sep != "/" and os.sep in spec):
+        return True
+    return bool(parent and os.path.isdir(parent))
 
 
 def resolve_checkpoint(spec: str) -> str:

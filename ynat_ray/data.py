@@ -9,19 +9,25 @@ Canonical columns after validation: guid, title, label (int id, -1 when the inpu
 
 from __future__ import annotations
 
+import codecs
+import csv
 import io
 import json
 import math
 import os
+import re
+import unicodedata
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ynat_ray.config import EMBEDDED, HUB, YnatConfig
-from ynat_ray.labels import label_to_id
+from ynat_ray.labels import LABEL2ID, LABELS, NUM_LABELS, label_to_id
 
 SUFFIXES = (".json", ".jsonl", ".csv", ".parquet")
 COLUMNS = ("guid", "title", "label", "url", "date")
@@ -93,50 +99,164 @@ def expand_paths(spec: str) -> list[str]:
 
 
 def read_records(path: str) -> pd.DataFrame:
-    """Read one file as raw records (no validation). JSON may be a KLUE-style array or JSON lines."""
+    """Read one file as raw records (no validation). JSON may be a KLUE-style array or JSON lines.
+
+    Whatever the bytes, this returns a DataFrame (one row per record, nothing dropped) or raises
+    DataValidationError naming the file; a reader's own exception (UnicodeDecodeError, pandas'
+    ParserError, pyarrow's ArrowInvalid, RecursionError from deeply nested JSON) never escapes.
+    What `row` means in an error raised here, before any record exists:
+    - a problem at a known place in a text file (bad UTF-8, a NUL byte, JSON or CSV syntax): the
+      1-based line of the file (for JSON lines, blank lines count; for CSV, the header is line 1);
+    - a JSON array element that is not an object: its 1-based position in the array (= the record row);
+    - a problem with the file as a whole (unreadable Parquet, CSV error without a line): row 0.
+    The field is then a pseudo-field: '<encoding>', '<json>', '<row>', '<csv>' or '<parquet>'.
+    An empty file (0 bytes, or only whitespace for the text formats) is 0 records, not an error.
+    JSON records keep their exact Python values (object columns), so a lone surrogate from a "\\ud800"
+    escape reaches validation as a bad row instead of failing pandas' Arrow-backed string inference.
+    """
     import fsspec
 
     with fsspec.open(path, "rb") as fh:
         raw = fh.read()
+    if not raw:
+        return pd.DataFrame()
     if path.endswith(".parquet"):
-        return pd.read_parquet(io.BytesIO(raw))
+        return _read_parquet(path, raw)
+    text = _decode_utf8(path, raw)
     if path.endswith(".csv"):
-        # Everything as text, empty cells as "": validation decides what a field means.
-        return pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    text = raw.decode("utf-8-sig")
+        return _read_csv(path, text)
+    return _read_json(path, text)
+
+
+def _decode_utf8(path: str, raw: bytes) -> str:
+    """Strict UTF-8 (an optional BOM is dropped); bad bytes and NUL bytes name the byte offset and line."""
+    start = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0
+    try:
+        text = raw[start:].decode("utf-8")
+    except UnicodeDecodeError as err:
+        at = start + err.start
+        line = raw.count(b"\n", 0, at) + 1
+        reason = f"not valid UTF-8 at byte {at} ({err.reason}); save the file as UTF-8"
+        raise DataValidationError(path, line, "<encoding>", reason) from None
+    nul = text.find("\x00")
+    if nul >= 0:
+        # A text file with NUL bytes is binary or UTF-16; pandas' CSV tokenizer would take it apart silently.
+        at = start + len(text[:nul].encode("utf-8"))
+        line = text.count("\n", 0, nul) + 1
+        raise DataValidationError(path, line, "<encoding>", f"NUL byte at byte {at}: not a UTF-8 text file (UTF-16?)")
+    return text
+
+
+def _read_parquet(path: str, raw: bytes) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(io.BytesIO(raw))
+    except Exception as err:  # a corrupt file can fail anywhere in pyarrow's decoder; all of it means "unreadable"
+        raise DataValidationError(path, 0, "<parquet>", f"not a readable Parquet file: {type(err).__name__}: {err}") from err
+
+
+def _read_csv(path: str, text: str) -> pd.DataFrame:
+    """Every cell as text, empty cells as "" (validation decides what a field means); a row wider than the header is an error."""
+    if not text.strip():
+        return pd.DataFrame()
+    try:
+        with warnings.catch_warnings():
+            # index_col=False: without it pandas silently takes the first column as the index when the first data
+            # row has one field more than the header (the title then lands in the index, the label in 'title').
+            # With it pandas warns "loss of data" and drops the extra fields; make that warning an error instead.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            return pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, index_col=False)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except pd.errors.ParserWarning:
+        line = _first_wide_csv_line(text)
+        raise DataValidationError(path, line, "<csv>", "a row has more fields than the header") from None
+    except (pd.errors.ParserError, ValueError) as err:
+        message = " ".join(str(err).split()).removeprefix("Error tokenizing data. C error: ")
+        raise DataValidationError(path, _csv_error_line(message), "<csv>", f"cannot parse CSV: {message}") from None
+
+
+def _csv_error_line(message: str) -> int:
+    """The 1-based file line in a pandas tokenizer message ('... in line 4, ...' is 1-based, '... at row 2' 0-based)."""
+    found = re.search(r"\bline (\d+)", message)
+    if found:
+        return int(found.group(1))
+    found = re.search(r"\brow (\d+)", message)
+    return int(found.group(1)) + 1 if found else 0
+
+
+def _first_wide_csv_line(text: str) -> int:
+    """The line where the first record wider than the header ends (Python's csv module), or 0."""
+    reader = csv.reader(io.StringIO(text))
+    try:
+        rows = (row for row in reader if row)
+        width = len(next(rows))
+        return next((reader.line_num for row in rows if len(row) > width), 0)
+    except (csv.Error, StopIteration):
+        return 0
+
+
+def _load_json(path: str, text: str, first_line: int, what: str) -> Any:
+    """json.loads, with every failure as a DataValidationError at the file's line."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DataValidationError(path, first_line + err.lineno - 1, "<json>", f"{what}: {err.msg} (column {err.colno})") from None
+    except RecursionError:
+        raise DataValidationError(path, first_line, "<json>", f"{what}: nested too deeply") from None
+    except ValueError as err:  # an integer literal longer than Python's int_max_str_digits (4300); drop its sys.* advice
+        raise DataValidationError(path, first_line, "<json>", f"{what}: {str(err).split(';')[0]}") from None
+
+
+def _read_json(path: str, text: str) -> pd.DataFrame:
     if path.endswith(".json") and text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataValidationError(path, err.lineno, "<json>", f"invalid JSON: {err.msg}") from None
+        records = _load_json(path, text, 1, "invalid JSON")
+        bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
+        if bad is not None:
+            raise DataValidationError(path, bad + 1, "<row>", f"expected a JSON object, got {type(records[bad]).__name__}")
     else:
+        # Lines end at "\n" only: str.splitlines() would also split at U+2028, U+0085 and friends, which
+        # json.dumps(..., ensure_ascii=False) writes unescaped inside strings.
         records = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        for lineno, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataValidationError(path, lineno, "<json>", f"invalid JSON line: {err.msg}") from None
-    bad = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
-    if bad is not None:
-        raise DataValidationError(path, bad + 1, "<row>", f"expected a JSON object, got {type(records[bad]).__name__}")
-    return pd.DataFrame.from_records(records)
+            record = _load_json(path, line, lineno, "invalid JSON line")
+            if not isinstance(record, dict):
+                raise DataValidationError(path, lineno, "<row>", f"expected a JSON object, got {type(record).__name__}")
+            records.append(record)
+    columns = pd.Index(list(dict.fromkeys(key for record in records for key in record)), dtype=object)
+    return pd.DataFrame(records, columns=columns, dtype=object)
 
 
 # ---------------------------------------------------------------------------------------------
 # Validation
 
 
+# Characters that show nothing: whitespace (Z*), controls (Cc) and format characters (Cf: zero-width space,
+# zero-width joiner, BOM, ...). BERT-style tokenizers drop them, so a text made only of them is blank.
+_INVISIBLE = frozenset(("Cc", "Cf", "Zs", "Zl", "Zp"))
+
+
 def text_problem(text: str) -> str | None:
     """Why a text cannot be classified, or None. One rule for rows, Serve requests and the CLI.
 
-    Empty or blank text is refused everywhere (a model "prediction" for it is noise). A lone surrogate
-    (JSON's "\\ud800", or bytes decoded with surrogateescape) is not Unicode text, and the tokenizer
-    would fail on it mid-batch.
+    Empty or blank text is refused everywhere (a model "prediction" for it is noise); blank includes
+    text made only of invisible characters such as "\\u200b" or "\\ufeff", which the tokenizer drops.
+    A lone surrogate (JSON's "\\ud800", or bytes decoded with surrogateescape) is not Unicode text, and
+    the tokenizer would fail on it mid-batch.
     """
     if not text.strip():
         return "empty"
+    problem = _unicode_problem(text)
+    if problem:
+        return problem
+    if all(unicodedata.category(ch) in _INVISIBLE for ch in text):  # stops at the first visible character
+        return "empty"
+    return None
+
+
+def _unicode_problem(text: str) -> str | None:
+    """A lone surrogate makes a str unencodable (UTF-8, Arrow, JSON files): say where, or None."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
@@ -145,11 +265,54 @@ def text_problem(text: str) -> str | None:
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    """None, NaN (Python or NumPy float), pd.NA or NaT: what pandas uses for an absent cell, whatever the dtype."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    if isinstance(value, (float, np.floating)):
+        return math.isnan(value)
+    if isinstance(value, (np.datetime64, np.timedelta64)):
+        return bool(np.isnat(value))
+    return False
+
+
+def _printable(text: str) -> str:
+    """`text` with lone surrogates as \\udxxx escapes, so an error message that quotes it can be printed and logged."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _label_id(value: Any) -> int | str:
+    """The label id of a present label value, or the reason it is not one.
+
+    label_to_id accepts what labels.py documents; this keeps its reasons uniform ("wrong type: ...",
+    "unknown label ...") for values it was not written for: lists/arrays (a 1-element NumPy array would
+    otherwise pass as its element), non-ASCII digits ("²" gives int()'s own message, "٣" would be 3) and
+    digit strings past Python's int() length limit.
+    """
+    if not pd.api.types.is_scalar(value):
+        return f"wrong type: label must be an int id or a topic name, got {type(value).__name__}"
+    if isinstance(value, str):
+        name = value.strip()
+        if name not in LABEL2ID and not _ASCII_INT.fullmatch(name):
+            return f"unknown label {value!r}; expected one of {', '.join(LABELS)} or 0-{NUM_LABELS - 1}"
+    try:
+        return label_to_id(value)
+    except TypeError as err:
+        return f"wrong type: {err}"
+    except ValueError as err:
+        reason = str(err)
+        return reason if reason.startswith("unknown label") else f"unknown label {value!r}; ids run 0-{NUM_LABELS - 1}"
+
+
+_ASCII_INT = re.compile(r"-?[0-9]+")
 
 
 def _check_row(rec: dict[str, Any], text_column: str, label_column: str, require_label: bool) -> tuple[str, str] | dict[str, Any]:
-    """Return the canonical row, or (field, reason) when the row is malformed."""
+    """Return the canonical row, or (field, reason) when the row is malformed.
+
+    Fields are checked in a fixed order (text, label, then guid/url/date), so the reported field is
+    the first bad one. guid/url/date are kept as text; one holding a lone surrogate is a bad row, since
+    neither pandas' Arrow strings nor the output files can hold it.
+    """
     text = rec.get(text_column)
     if _missing(text):
         return text_column, "missing"
@@ -164,18 +327,20 @@ def _check_row(rec: dict[str, Any], text_column: str, label_column: str, require
             return label_column, "missing"
         label_id = NO_LABEL
     else:
-        try:
-            label_id = label_to_id(label)
-        except TypeError as err:
-            return label_column, f"wrong type: {err}"
-        except ValueError as err:
-            return label_column, str(err)
-    out = {"guid": rec.get("guid"), "title": text, "label": label_id, "url": rec.get("url"), "date": rec.get("date")}
+        found = _label_id(label)
+        if isinstance(found, str):
+            return label_column, found
+        label_id = found
+    out: dict[str, Any] = {"guid": None, "title": text, "label": label_id, "url": None, "date": None}
     for key in ("guid", "url", "date"):
-        if _missing(out[key]) or out[key] == "":
-            out[key] = None
-        else:
-            out[key] = str(out[key])
+        value = rec.get(key)
+        if _missing(value) or (isinstance(value, str) and value == ""):
+            continue
+        value = value if isinstance(value, str) else str(value)
+        problem = _unicode_problem(value)
+        if problem:
+            return key, problem
+        out[key] = value
     return out
 
 
@@ -195,7 +360,8 @@ def validate_frame(
     validates a file in batches still reports the file's own row numbers.
     """
     if text_column not in df.columns and len(df):
-        raise DataValidationError(source, first_row, text_column, f"column not found (columns: {', '.join(map(str, df.columns))})")
+        columns = ", ".join(_printable(str(c)) for c in df.columns)
+        raise DataValidationError(source, first_row, text_column, f"column not found (columns: {columns})")
     good: list[dict[str, Any]] = []
     bad: list[BadRow] = []
     for offset, rec in enumerate(df.to_dict("records")):

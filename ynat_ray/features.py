@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from ray.data.collate_fn import NumpyBatchCollateFn
 
 
 def tokenize_batch(batch: pd.DataFrame, tokenizer: Any, max_length: int) -> pa.Table:
@@ -73,17 +72,3 @@ def pad_token_ids(tokenizer: Any, sequences: Sequence[Sequence[int]], return_ten
         tokenizer, {"input_ids": [list(map(int, s)) for s in sequences]}, padding=True, return_tensors=return_tensors
     )
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-
-
-class PadCollate(NumpyBatchCollateFn):
-    """Collate for `iter_torch_batches`: pads per batch with the tokenizer, returns tensors Ray moves to the device."""
-
-    def __init__(self, tokenizer: Any):
-        self.tokenizer = tokenizer
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
-        import torch
-
-        out = pad_token_ids(self.tokenizer, batch["input_ids"], return_tensors="pt")
-        out["labels"] = torch.as_tensor(batch["labels"], dtype=torch.long)
-        return out

@@ -99,12 +99,13 @@ class TorchRunner:
 
     def __init__(self, path: str, device: Any, precision: str, threads: int):
         import torch
-        from transformers import AutoModelForSequenceClassification
+
+        from ynat_ray.modeling import load_classifier
 
         if device.type == "cpu":
             torch.set_num_threads(threads)
         self.torch, self.device, self.precision = torch, device, precision
-        self.model = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False).to(device).eval()
+        self.model = load_classifier(path).to(device)
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         from ynat_ray.precision import autocast

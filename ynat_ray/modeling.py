@@ -133,6 +133,21 @@ def build_model(model: str, tokenizer: Any, max_length: int, seed: int = 42) -> 
     return net
 
 
+def load_classifier(path: str) -> Any:
+    """A trained sequence classifier from a local directory, in eval mode, without transformers' per-load
+    "Loading weights" progress bar (it lands in every Serve replica's and batch actor's log)."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=False).eval()
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
 def check_compatible(tokenizer: Any, config: Any, max_length: int) -> None:
     """Fail loudly on the two mismatches that otherwise corrupt training without an error.
 

@@ -421,6 +421,9 @@ HAPROXY_SWITCH = "RAY_SERVE_ENABLE_HA_PROXY"
 # How long a replica that is going away keeps its port open so HAProxy can stop routing to it first. Serve's
 # default (30 s) makes every shutdown and Ctrl-C take over 30 s; HAProxy reloads its server list within ~0.1 s.
 HAPROXY_DRAIN_S = "2"
+# Serve gives a new proxy 5 s to report ready (3 tries) and kills it otherwise; on a busy 2-core laptop a
+# cold Python proxy can take longer, and `ynat-ray serve` then died with ActorDiedError. Be patient instead.
+PATIENT_CONTROLLER_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "30", "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "30"}
 
 
 def haproxy_env() -> dict[str, str]:
@@ -430,6 +433,7 @@ def haproxy_env() -> dict[str, str]:
     8500), so two Serve instances on one machine would collide; free ones are picked unless set already.
     """
     env = {
+        **PATIENT_CONTROLLER_ENV,
         HAPROXY_SWITCH: "1",
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": HAPROXY_DRAIN_S,
         "RAY_SERVE_HAPROXY_STARTUP_TIMEOUT_S": "15",
@@ -511,7 +515,7 @@ def deploy(cfg: YnatConfig, *, name: str = APP_NAME, route_prefix: str = "/", lo
         serve.shutdown()
     if problem:
         log(f"[ynat-ray] warning: HAProxy ingress unavailable ({problem}); using Serve's Python proxy")
-    serve.start(http_options=http_options)
+    serve.start(http_options=http_options, controller_options={"runtime_env": {"env_vars": dict(PATIENT_CONTROLLER_ENV)}})
     serve.run(app, name=name, route_prefix=route_prefix)
     return active_ingress(cfg.host, cfg.port) or "proxy"
 

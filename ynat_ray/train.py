@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from ray.data.collate_fn import NumpyBatchCollateFn
+
 from ynat_ray.checkpoint import read_history, save_checkpoint
 from ynat_ray.config import YnatConfig
+from ynat_ray.features import pad_token_ids
 
 SCORE_METRIC = "val_macro_f1"
 # Test hook: make the last worker exit (as if its node died) after the first step of this 0-based
@@ -43,6 +46,21 @@ class TrainOutcome:
 
 # ---------------------------------------------------------------------------------------------
 # Worker side
+
+
+class PadCollate(NumpyBatchCollateFn):
+    """Collate for `iter_torch_batches`: pads each batch with the tokenizer (`features.pad_token_ids`), so
+    training batches look exactly like inference batches; returns tensors Ray moves to the device."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        import torch
+
+        out = pad_token_ids(self.tokenizer, batch["input_ids"], return_tensors="pt")
+        out["labels"] = torch.tensor(batch["labels"], dtype=torch.long)  # a copy: Ray's arrays are read-only
+        return out
 
 
 def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
@@ -82,7 +100,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from transformers import get_linear_schedule_with_warmup
 
     from ynat_ray.checkpoint import load_resume_state
-    from ynat_ray.features import PadCollate
     from ynat_ray.metrics import classification_metrics
     from ynat_ray.modeling import build_model, default_learning_rate
     from ynat_ray.precision import autocast, resolve_precision
@@ -137,14 +154,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            loss_sum += float(loss) * batch["labels"].shape[0]
+            loss_sum += loss.detach().item() * batch["labels"].shape[0]
             seen += batch["labels"].shape[0]
             if steady_start is None:
                 steady_start, steady_seen = time.perf_counter(), seen
             if loop_config.get("fail_at_epoch") == epoch and checkpoint is None and rank == world - 1:
                 _die_for_test(rank, epoch)
             if rank == 0 and cfg.log_every and step % cfg.log_every == 0:
-                print(f"[ynat-ray] epoch {epoch + 1}/{cfg.epochs} step {step}/{steps_per_epoch} loss {float(loss):.4f}", flush=True)
+                step_loss = loss.detach().item()
+                print(f"[ynat-ray] epoch {epoch + 1}/{cfg.epochs} step {step}/{steps_per_epoch} loss {step_loss:.4f}", flush=True)
         now = time.perf_counter()
         elapsed = now - started
         steady_s = now - steady_start if steady_start is not None else 0.0
