@@ -437,7 +437,7 @@ def run_batch_prediction(cfg: YnatConfig) -> dict[str, Any]:
     files = expand_paths(cfg.input)
     quarantine = cfg.quarantine_path or default_quarantine_path(cfg.output)
     prepare_output(cfg.output, quarantine, cfg.overwrite)
-    init_ray()
+    init_ray(verbose=cfg.verbose)
     check_cpu_budget(cfg, ray.cluster_resources().get("CPU", 0.0))
     print(
         f"[ynat-ray] predict-batch: {len(files)} file(s) from {cfg.input} -> {cfg.output} ({cfg.output_format}); "

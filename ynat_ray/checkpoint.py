@@ -77,8 +77,11 @@ class RunSpec:
 
 def save_checkpoint(path: str, model: Any, tokenizer: Any, cfg: Any, history: list[dict[str, Any]], state: dict[str, Any] | None) -> None:
     """A Hugging Face directory pipeline() loads, plus the run spec, metrics and (optionally) resume state."""
+    from transformers.utils import logging as hf_logging
+
     from ynat_ray.labels import LABELS
 
+    hf_logging.disable_progress_bar()  # "Writing model shards" once per epoch is noise in a training log
     model.save_pretrained(path)  # safetensors
     tokenizer.save_pretrained(path)
     spec = RunSpec(max_length=cfg.train_max_length, model=cfg.model, labels=list(LABELS), version=__version__, config=cfg.to_dict())

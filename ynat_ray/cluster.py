@@ -8,16 +8,54 @@ it travels with the Serve controller's options, see `ynat_ray.serving.deploy`.)
 
 from __future__ import annotations
 
+import logging
 import os
 
+# For Ray's worker processes, unless --verbose:
+# - RAY_DATA_LOG_LEVEL: Ray Data's execution-plan lines and its "Progress bars disabled" note come from
+#   workers too (the SplitCoordinator feeding Train workers); only its errors reach the console.
+# - PYTHONWARNINGS: Ray Data's DatasetManager actor calls its own deprecated `ExecutionOptions.exclude_resources`
+#   (a RayDeprecationWarning, a DeprecationWarning subclass) on every Train run; nothing a user can act on.
+# - RAY_LOGGER_LEVEL: the `ray` logger's level in workers (Train's "Reporting training result ..." per rank
+#   and epoch, worker-group start-up); --verbose brings them back.
+QUIET_WORKER_ENV = {"RAY_DATA_LOG_LEVEL": "ERROR", "PYTHONWARNINGS": "ignore::DeprecationWarning", "RAY_LOGGER_LEVEL": "warning"}
+# Driver-side Ray Data warnings that are false alarms for this project, by the logger that emits them:
+# - "no available CPUs ... will hang": printed whenever Train workers hold their CPUs; the CPU plan
+#   (ynat_ray/resources.py) always leaves Ray Data its reserve, so it does not hang.
+# - "Progress bars disabled": we turn Ray Data's bars off on purpose (training draws its own per epoch).
+FALSE_ALARMS = {
+    "ray.data.dataset": "The Ray cluster currently does not have any available CPUs",
+    "ray.data._internal.progress": "Progress bars disabled",
+}
 
-def init_ray() -> bool:
+
+class _DropMessage(logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
+
+
+def init_ray(*, verbose: bool = False) -> bool:
     """Join the cluster in RAY_ADDRESS (a `ray job submit` driver, or `RAY_ADDRESS=auto` to reuse a running
-    `ray start` cluster and skip start-up) or start a local one; return True when this call started one."""
+    `ray start` cluster and skip start-up) or start a local one; return True when this call started one.
+
+    Not verbose (the default): Ray's own INFO logs stay in its log files, off the console; warnings
+    and errors still show. A cluster started here also quiets Ray Data's INFO lines in its workers; a
+    joined cluster keeps its job's runtime environment as submitted.
+    """
     import ray
 
     if ray.is_initialized():
         return False
     address = os.environ.get("RAY_ADDRESS") or None
-    ray.init(address=address, log_to_driver=True)
+    level = logging.INFO if verbose else logging.WARNING
+    runtime_env = None if verbose or address else {"env_vars": dict(QUIET_WORKER_ENV)}
+    ray.init(address=address, log_to_driver=True, logging_level=level, runtime_env=runtime_env)
+    if not verbose:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # this driver's Ray Data: execution plans, timings
+        for name, text in FALSE_ALARMS.items():
+            logging.getLogger(name).addFilter(_DropMessage(text))
     return address is None

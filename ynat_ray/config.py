@@ -100,7 +100,8 @@ class YnatConfig:
         "'auto': bf16 autocast on GPUs that support it and on CPUs with AMX/AVX512-BF16, else fp32.",
         default="auto",
     )
-    log_every: int = _help("Print training loss every N steps (rank 0).", default=50)
+    log_every: int = _help("Also print the training loss every N steps (rank 0), for logs without a terminal; 0: off.", default=0)
+    progress_bar: bool = _help("A progress bar per epoch on rank 0 (steps, loss, samples/s), drawn on the driver.", default=True)
     storage_path: str = _help(
         "Where runs and checkpoints go: an absolute path or a URI (s3://, gs://). Multi-node clusters need shared storage.",
         default="~/ynat_ray_results",
@@ -108,6 +109,7 @@ class YnatConfig:
     run_name: str | None = _help("Run name. Default: a unique one (reusing a name resumes that run).", default=None)
     max_failures: int = _help("Worker-group restarts allowed; training resumes from the latest checkpoint.", default=2)
     num_to_keep: int = _help("Checkpoints to keep, the best by validation macro-F1.", default=2)
+    verbose: bool = _help("Show Ray's own INFO logs (start-up, Ray Data execution plans, Serve controller) on the console.", default=False)
     push_to_hub: str | None = _help("After training, push the best model + tokenizer to this hub repo id.", default=None)
 
     # ---- inference (evaluate / predict / serve / predict-batch) ------------------------------

@@ -527,7 +527,7 @@ def run_server(cfg: YnatConfig) -> None:
     from ynat_ray.cluster import init_ray
 
     check_serving_config(cfg)
-    init_ray()
+    init_ray(verbose=cfg.verbose)
     try:
         ingress = deploy(cfg)
         base = f"http://{cfg.host}:{cfg.port}"

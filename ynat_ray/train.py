@@ -63,6 +63,32 @@ class PadCollate(NumpyBatchCollateFn):
         return out
 
 
+class EpochProgress:
+    """Rank 0's progress bar for one epoch (steps, loss, samples/s), drawn on the driver's console.
+
+    Why `ray.experimental.tqdm_ray`: a plain tqdm in a worker writes carriage returns that Ray's line-based
+    log forwarding turns into one line per refresh; tqdm_ray sends its state to the driver, which draws one
+    real bar. It refreshes at most once a second.
+    """
+
+    def __init__(self, epoch: int, epochs: int, steps: int, enabled: bool):
+        self.label = f"epoch {epoch + 1}/{epochs}"
+        self.bar = None
+        if enabled:
+            from ray.experimental import tqdm_ray
+
+            self.bar = tqdm_ray.tqdm(total=steps, desc=self.label, unit="step")
+
+    def step(self, loss: float, samples_per_s: float) -> None:
+        if self.bar is not None:
+            self.bar.set_description(f"{self.label} loss {loss:.4f} {samples_per_s:.0f} samples/s")
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: no weight decay on biases and LayerNorm weights (as in BERT/RoBERTa recipes)."""
     decay, no_decay = [], []
@@ -138,6 +164,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
+        progress = EpochProgress(epoch, cfg.epochs, steps_per_epoch, enabled=rank == 0 and cfg.progress_bar)
         started, loss_sum, seen = time.perf_counter(), 0.0, 0
         steady_start, steady_seen = None, 0  # throughput after the first step (excludes pipeline start-up)
         batches = train_shard.iter_torch_batches(
@@ -158,11 +185,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             seen += batch["labels"].shape[0]
             if steady_start is None:
                 steady_start, steady_seen = time.perf_counter(), seen
+            elapsed_steady = time.perf_counter() - steady_start
+            progress.step(loss_sum / seen, (seen - steady_seen) * world / elapsed_steady if elapsed_steady > 0 else 0.0)
             if loop_config.get("fail_at_epoch") == epoch and checkpoint is None and rank == world - 1:
                 _die_for_test(rank, epoch)
             if rank == 0 and cfg.log_every and step % cfg.log_every == 0:
                 step_loss = loss.detach().item()
                 print(f"[ynat-ray] epoch {epoch + 1}/{cfg.epochs} step {step}/{steps_per_epoch} loss {step_loss:.4f}", flush=True)
+        progress.close()
         now = time.perf_counter()
         elapsed = now - started
         steady_s = now - steady_start if steady_start is not None else 0.0
@@ -225,14 +255,14 @@ def run_training(cfg: YnatConfig) -> TrainOutcome:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from ynat_ray.cluster import init_ray
+    from ynat_ray.cluster import QUIET_WORKER_ENV, init_ray
     from ynat_ray.data import load_splits, write_quarantine
     from ynat_ray.features import to_token_dataset
     from ynat_ray.modeling import load_tokenizer
     from ynat_ray.resources import plan_workers
 
-    init_ray()
-    # Our loop prints its own progress; Ray Data's per-dataset bars would bury it.
+    init_ray(verbose=cfg.verbose)
+    # Our loop draws one progress bar per epoch; Ray Data's per-dataset bars would bury it.
     ray.data.DataContext.get_current().enable_progress_bars = False
     run_name = cfg.run_name or unique_run_name(cfg.model)
     storage = cfg.resolved_storage_path()
@@ -275,6 +305,11 @@ def run_training(cfg: YnatConfig) -> TrainOutcome:
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.num_to_keep, checkpoint_score_attribute=SCORE_METRIC, checkpoint_score_order="max"
             ),
+            # Train V2 routes workers' print() through a logger AND the original stream, so every line reached
+            # the console twice; plain prints reach it once through Ray's log forwarding.
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **QUIET_WORKER_ENV}},
+            # Worker-group start-up, "Reporting training result ..." and friends: INFO that --verbose brings back.
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if cfg.verbose else "WARNING"),
         ),
         datasets=datasets,
         # Only the training set is sharded; rank 0 scores the whole validation set.
