@@ -118,3 +118,23 @@ def test_ray_job_submit_with_auth(ray_cluster, storage):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "succeeded" in done.stdout and "macro-F1" in done.stdout
     assert (Path(storage) / "submitted-job" / "artifacts" / "final_metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_console_of_a_short_run_is_clean(tmp_path):
+    """What a person sees from `ynat-ray train` on a laptop: every line once, no Python warnings, a progress
+    bar per epoch and the summary. (Its own local Ray cluster, as a laptop user starts it; no --verbose.)"""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    args = ["train", "--max_train_samples", "300", "--max_eval_samples", "60", "--epochs", "2", "--num_workers", "2",
+            "--storage_path", str(tmp_path)]  # fmt: skip
+    done = run_cli(*args, env=env, timeout=600)
+    console = (done.stdout + done.stderr).splitlines()
+    assert done.returncode == 0, "\n".join(console[-40:])
+    assert not [line for line in console if "Warning" in line], [line for line in console if "Warning" in line]
+    lines = [line for line in console if line.strip()]
+    repeats = [a for a, b in zip(lines, lines[1:]) if a == b]
+    assert not repeats, repeats
+    assert sum("[ynat-ray] epoch 1/2:" in line for line in console) == 1, "worker lines must reach the console once"
+    assert any("epoch 2/2" in line and "samples/s" in line and "step" in line for line in console), "a progress bar per epoch"
+    assert not [line for line in console if "Starting execution of Dataset" in line], "Ray Data INFO is off without --verbose"
+    assert any(line.startswith("checkpoint ") for line in console) and any("macro-F1" in line for line in console)

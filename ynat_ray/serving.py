@@ -25,6 +25,7 @@ annotations at runtime, and string annotations turn the JSON body into a query p
 """
 
 import asyncio
+import logging
 import math
 import os
 import time
@@ -398,7 +399,13 @@ def build_app(cfg: YnatConfig) -> Any:
         ray_actor_options={"num_cpus": cfg.replica_cpus, "num_gpus": cfg.replica_gpus},
         health_check_period_s=cfg.health_check_period_s,
         user_config={"max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": cfg.batch_wait_timeout_s},
+        logging_config=serve_logging(cfg),
     ).bind(cfg)
+
+
+def serve_logging(cfg: YnatConfig) -> dict[str, Any]:
+    """Serve's own INFO lines (per-request access logs, HAProxy reloads, replica start-up) only with --verbose."""
+    return {"log_level": "INFO" if cfg.verbose else "WARNING"}
 
 
 def app_builder(args: dict[str, Any]) -> Any:
@@ -501,11 +508,17 @@ def deploy(cfg: YnatConfig, *, name: str = APP_NAME, route_prefix: str = "/", lo
     its ingress.
     """
     app = build_app(cfg)
+    if not cfg.verbose:  # this driver's "Started Serve" / "Connecting to existing Serve app" lines
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     http_options = {"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s + PROXY_TIMEOUT_MARGIN_S}
     problem = haproxy_problem() if cfg.http_ingress == "haproxy" else None
     if cfg.http_ingress == "haproxy" and problem is None:
         try:
-            serve.start(http_options=http_options, controller_options={"runtime_env": {"env_vars": haproxy_env()}})
+            serve.start(
+                http_options=http_options,
+                controller_options={"runtime_env": {"env_vars": haproxy_env()}},
+                logging_config=serve_logging(cfg),
+            )
             serve.run(app, name=name, route_prefix=route_prefix)
             if active_ingress(cfg.host, cfg.port) == "haproxy":
                 return "haproxy"
@@ -515,7 +528,11 @@ def deploy(cfg: YnatConfig, *, name: str = APP_NAME, route_prefix: str = "/", lo
         serve.shutdown()
     if problem:
         log(f"[ynat-ray] warning: HAProxy ingress unavailable ({problem}); using Serve's Python proxy")
-    serve.start(http_options=http_options, controller_options={"runtime_env": {"env_vars": dict(PATIENT_CONTROLLER_ENV)}})
+    serve.start(
+        http_options=http_options,
+        controller_options={"runtime_env": {"env_vars": dict(PATIENT_CONTROLLER_ENV)}},
+        logging_config=serve_logging(cfg),
+    )
     serve.run(app, name=name, route_prefix=route_prefix)
     return active_ingress(cfg.host, cfg.port) or "proxy"
 
