@@ -278,6 +278,56 @@ def test_bad_requests_in_a_burst_leave_the_others_alone(server: Server, titles: 
     assert post(server.url, {"inputs": titles[0]}).status_code == 200
 
 
+def test_poison_texts_among_many_good_requests_fail_alone(server: Server, titles: list[str], pipe) -> None:
+    """24 good requests and 6 poison ones (lone surrogates, blank, non-string) at once: every good one gets its
+    answer, every poison one a 4xx naming the item, none a 5xx."""
+    poison = ['{"inputs": ["fine", "abc\\udc80"]}', '{"inputs": "\\ud800"}', '{"inputs": ["ok", "  "]}', '{"inputs": [1]}',
+              '{"inputs": ["zero\\u200bwidth", "\\udfff x"]}', '{"inputs": "bad json"']  # fmt: skip
+    good = [json.dumps({"inputs": [t]}, ensure_ascii=False) for t in titles[:24]]
+    bodies = good[:12] + poison + good[12:]
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            return await asyncio.gather(*(client.post("/predict", content=b.encode()) for b in bodies))
+
+    responses = asyncio.run(burst())
+    codes = [r.status_code for r in responses]
+    assert codes[:12] + codes[18:] == [200] * 24, codes
+    assert all(400 <= c < 500 for c in codes[12:18]), codes
+    assert "item 1 is not valid Unicode" in responses[12].json()["error"]
+    for resp, text in zip(responses[:12] + responses[18:], titles[:24], strict=True):
+        assert_same(resp.json()[0], pipe(text)[0])
+    zero_width = post(server.url, {"inputs": ["zero\u200bwidth", "control\x07char"]})  # odd but valid text: answered
+    assert zero_width.status_code == 200 and len(zero_width.json()) == 2
+
+
+def test_a_failing_forward_pass_is_retried_text_by_text(served_checkpoint: str, titles: list[str]) -> None:
+    """If a batch's forward pass raises, only the text that breaks it is rejected; its batch-mates get their rows.
+
+    The real engine, with a real failure: a text whose encoding raises (no input reaches that through the
+    HTTP validation, which is why this runs the isolation step directly).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ynat_ray.inference import TextClassifier
+    from ynat_ray.serving import TextRejected, logits_isolated
+
+    clf = TextClassifier(served_checkpoint, backend="onnx", threads=1)
+    poison = "this title breaks the tokenizer"
+
+    def logits(texts: list[str], batch_size: int) -> np.ndarray:
+        if poison in texts:
+            raise ValueError("tokenizer rejected the input")
+        return clf.logits(texts, batch_size)
+
+    batch = [*titles[:5], poison, *titles[5:9]]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        rows = asyncio.run(logits_isolated(logits, batch, pool))
+    assert isinstance(rows[5], TextRejected) and "tokenizer rejected" in str(rows[5])
+    good = [r for i, r in enumerate(rows) if i != 5]
+    np.testing.assert_allclose(np.stack([row for row, _ in good]), clf.logits(titles[:9]), atol=1e-5)
+
+
 # ---- batching --------------------------------------------------------------------------------------
 def test_texts_from_different_requests_share_batches(server: Server, titles: list[str]) -> None:
     """8 one-text requests and one 8-text request at once: some one-text request rides in a batch > 1."""

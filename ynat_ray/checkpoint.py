@@ -209,10 +209,17 @@ def _download_from_hub(repo_id: str) -> str:
 def export_cache_dir(path: str) -> str:
     """Where the ONNX files of the checkpoint in `path` live: beside it when writable, else a cache by hash."""
     beside = os.path.join(path, ONNX_DIR)
-    if os.access(path, os.W_OK) or os.path.isdir(beside):
+    if os.path.isdir(beside) or (os.access(path, os.W_OK) and not _in_hub_cache(path)):
         return beside
     root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "ynat_ray")
     return os.path.join(root, "onnx", content_hash(path))
+
+
+def _in_hub_cache(path: str) -> bool:
+    """A hub snapshot (huggingface_hub's cache): never write into it, the hub's files are its own."""
+    from huggingface_hub import constants
+
+    return os.path.abspath(path).startswith(os.path.abspath(constants.HF_HUB_CACHE) + os.sep)
 
 
 # ---------------------------------------------------------------------------------------------

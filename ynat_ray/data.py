@@ -403,7 +403,9 @@ def write_quarantine(bad_rows: Iterable[BadRow], path: str) -> int:
     rows = list(bad_rows)
     if rows:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as fh:
+        # Korean stays readable (ensure_ascii=False); a lone surrogate (a row quarantined for exactly that) is
+        # written as its JSON escape (\\ud800) instead of failing the write.
+        with open(path, "w", encoding="utf-8", errors="backslashreplace") as fh:
             fh.writelines(r.to_json() + "\n" for r in rows)
     return len(rows)
 

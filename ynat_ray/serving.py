@@ -212,12 +212,33 @@ def apply_limits(texts: list[str], truncate: bool, cfg: YnatConfig) -> list[str]
     return [text[:max_chars] for text in texts]
 
 
-# ---- the deployment (everything it uses is defined above: Serve pickles the class by value while this
-# module is still being imported, so names defined below it would be missing in the replica)
 class TextRejected(Exception):
     """A text the engine cannot take (the tokenizer refused it); answered 422 for its own request only."""
 
 
+async def logits_isolated(logits: Any, texts: list[str], executor: Any) -> list[Any]:
+    """`(row, batch size)` per text from one padded forward pass; if that pass fails, each text alone.
+
+    Why: one text the engine cannot take would otherwise fail every request whose texts shared its batch.
+    Retried one by one, only the offending text gets a `TextRejected` (its request answers 422); the rest
+    get their rows. `logits(texts, batch_size)` runs on `executor` (the replica's one compute thread).
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        rows = await loop.run_in_executor(executor, logits, texts, len(texts))
+        return [(row, len(texts)) for row in rows]
+    except Exception:  # noqa: BLE001 - isolate the text that broke the batch, answer the others
+        out: list[Any] = []
+        for text in texts:
+            try:
+                out.append(((await loop.run_in_executor(executor, logits, [text], 1))[0], 1))
+            except Exception as err:  # noqa: BLE001
+                out.append(TextRejected(f"{type(err).__name__}: {err}"))
+        return out
+
+
+# ---- the deployment (everything it uses is defined above: Serve pickles the class by value while this
+# module is still being imported, so names defined below it would be missing in the replica)
 @serve.deployment(name="YnatClassifier")
 @serve.ingress(api)
 class YnatServer:
@@ -263,19 +284,8 @@ class YnatServer:
     # Defaults only: reconfigure() sets both from the config.
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def forward(self, texts: list[str]) -> list[Any]:
-        """Logits rows for texts from any number of requests: one padded forward pass, or one per text if it fails."""
-        loop = asyncio.get_running_loop()
-        try:
-            logits = await loop.run_in_executor(self.compute, self.clf.logits, texts, len(texts))
-            return [(row, len(texts)) for row in logits]
-        except Exception:  # noqa: BLE001 - isolate the text that broke the batch, answer the others
-            return [await self._forward_one(loop, text) for text in texts]
-
-    async def _forward_one(self, loop: asyncio.AbstractEventLoop, text: str) -> Any:
-        try:
-            return ((await loop.run_in_executor(self.compute, self.clf.logits, [text], 1))[0], 1)
-        except Exception as err:  # noqa: BLE001
-            return TextRejected(f"{type(err).__name__}: {err}")
+        """Logits rows for texts from any number of requests (see `logits_isolated`)."""
+        return await logits_isolated(self.clf.logits, texts, self.compute)
 
     async def check_health(self) -> None:
         """Serve calls this every health_check_period_s; a real forward pass catches a broken model, not just a live process."""
