@@ -4,7 +4,7 @@
       replica (FastAPI + @serve.batch + the inference engine; ONNX Runtime int8 on CPU where the export's
       parity check passed) holding `--replica_cpus` CPUs, autoscaling pinned (min = max = 1) so the numbers
       measure the server, not scaling, behind HAProxy direct ingress (or Serve's Python proxy if HAProxy
-      cannot start; the ingress in use is reported). One extra cell (`--proxy_cell`, on by default) serves
+      cannot start; the ingress in use is reported). One extra cell (`--parts ... proxy`, on by default) serves
       the first model through Serve's Python proxy (`http_ingress="proxy"`), so HAProxy's gain is visible.
   (b) naive: one uvicorn + FastAPI process whose endpoint calls `transformers.pipeline(...)` per request
       (an `async def` endpoint, so requests run one at a time, the way such servers usually start out).
@@ -29,6 +29,12 @@ ynat-tiny 1 title/request >= 2.5x req/s with p99 <= 250 ms; ynat-tiny 8 titles/r
         --input /work/shared/data/ynat/validation.jsonl
     # try batching settings (short cells, Serve only, first model), then pass the best to the full run:
     python bench/serve_load.py --model tiny=DIR --input ... --sweep 32:0.01 16:0.002 64:0.005 --duration 6
+    python bench/serve_load.py --model tiny=DIR --model 6x384=DIR --input ... \\
+        --batch_settings tiny=128:0.005 --batch_settings 6x384=32:0.005 --profile   # py-spy: where the replica's CPU goes
+    python bench/serve_load.py --report bench/results/serve_load_<time>.json      # print a saved run again
+
+The machine is shared: before each cell the script waits until other people's processes are quiet, and a cell
+during which they used more than `--max_foreign_cores` is measured again (the column "other people's load").
 
 The titles are KLUE YNAT (Park et al., KLUE, 2021; CC BY-SA 4.0). Writes bench/results/serve_load_<time>.json.
 """
@@ -65,6 +71,9 @@ TARGETS: dict[tuple[str, int], tuple[str, float, float | None]] = {
     ("ynat-tiny", 8): ("texts_per_s", 6.0, None),
     ("ynat-small", 8): ("texts_per_s", 5.0, None),
 }
+
+
+PROFILES: dict[str, dict[str, Any]] = {}
 
 
 @dataclass
@@ -173,6 +182,57 @@ class CpuMeter:
         delta["client"] = delta.pop("_children") if client == "wrk" else delta.pop("_self")
         delta.pop("_children", None), delta.pop("_self", None)
         return {k: round(1000 * v / max(requests, 1), 3) for k, v in delta.items()}
+
+
+class ForeignCpu:
+    """Cores used during a window by processes that are NOT this script or its descendants: other people's work on a
+    shared machine. (This script's Ray cluster, servers, wrk and py-spy are all its descendants.) Processes that
+    start and end inside the window are missed, so this is a lower bound; it is used to flag and retry noisy cells."""
+
+    @staticmethod
+    def _snapshot() -> tuple[dict[int, tuple[float, float]], set[int]]:
+        import psutil
+
+        procs: dict[int, tuple[float, float]] = {}
+        for proc in psutil.process_iter(["cpu_times", "create_time"]):
+            times = proc.info["cpu_times"]
+            if times is not None:
+                procs[proc.pid] = (times.user + times.system, proc.info["create_time"] or 0.0)
+        me = psutil.Process()
+        try:
+            mine = {me.pid} | {c.pid for c in me.children(recursive=True)}
+        except psutil.Error:
+            mine = {me.pid}
+        return procs, mine
+
+    def start(self) -> None:
+        self.t0, self.wall0 = time.monotonic(), time.time()
+        self.before, self.mine = self._snapshot()
+
+    def stop(self) -> float:
+        after, mine = self._snapshot()
+        mine |= self.mine
+        total = 0.0
+        for pid, (cpu, created) in after.items():
+            if pid in mine:
+                continue
+            if pid in self.before and self.before[pid][1] == created:
+                total += cpu - self.before[pid][0]
+            elif created >= self.wall0:
+                total += cpu
+        return total / max(time.monotonic() - self.t0, 1e-6)
+
+
+def wait_quiet(max_wait_s: float = 600.0, below: float = 0.1, window_s: float = 3.0) -> float:
+    """Wait until other people's processes use under `below` cores over `window_s` (at most max_wait_s); return the wait."""
+    started = time.monotonic()
+    while time.monotonic() - started < max_wait_s:
+        meter = ForeignCpu()
+        meter.start()
+        time.sleep(window_s)
+        if meter.stop() < below:
+            break
+    return time.monotonic() - started
 
 
 # ---- load generators ----------------------------------------------------------------------------------
@@ -286,11 +346,22 @@ def measure(
 ) -> list[Cell]:  # fmt: skip
     cells = []
     for texts, concurrency in plan:
-        client.run(url, texts, concurrency, args.warmup)  # warm-up, not measured
-        meter = CpuMeter(pids)
-        meter.start()
-        r = client.run(url, texts, concurrency, args.duration)
-        cpu = meter.stop(r["requests"], client.kind)
+        for attempt in range(1, args.retries + 2):
+            waited = wait_quiet()
+            client.run(url, texts, concurrency, args.warmup)  # warm-up, not measured
+            meter, foreign = CpuMeter(pids), ForeignCpu()
+            meter.start()
+            foreign.start()
+            r = client.run(url, texts, concurrency, args.duration)
+            cpu = meter.stop(r["requests"], client.kind)
+            other = foreign.stop()
+            if other <= args.max_foreign_cores:
+                break
+            print(f"  {server} {texts} text(s)/req c{concurrency}: other processes used {other:.2f} cores (attempt {attempt}); measuring again", flush=True)
+        if r["non_2xx"] + r["socket_errors"] > 0.01 * max(r["requests"], 1):
+            raise RuntimeError(f"{server} {texts} text(s)/req c{concurrency}: {r['non_2xx']} non-2xx, {r['socket_errors']} socket errors of {r['requests']}")
+        cpu["other_processes_cores"] = round(other, 3)
+        cpu["waited_for_quiet_s"] = round(waited, 1)
         good = r["requests"] - r["non_2xx"]
         cell = Cell(
             model=model, server=server, texts_per_request=texts, concurrency=concurrency, client=client.kind,
@@ -326,6 +397,71 @@ def check_answers(url: str, titles: list[str]) -> list[str]:
     return top
 
 
+def profile_cell(pid: int, url: str, client: LoadClient, texts: int, concurrency: int, seconds: float, out_path: str) -> dict[str, Any]:
+    """Run one extra load cell (not in the table) with py-spy sampling process `pid`; summarise where its CPU goes.
+
+    py-spy samples only threads that are running (not idle), so sample shares approximate CPU shares.
+    `--nonblocking` keeps the target running (slightly less exact stacks, much less perturbation).
+    """
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not os.path.exists(spy):
+        return {"error": "py-spy not installed"}
+    duration = max(2, round(seconds) - 2)
+    wait_quiet()
+    cmd = [spy, "record", "-p", str(pid), "-d", str(duration), "-r", "200", "-t", "--nonblocking", "-f", "raw", "-o", out_path]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    load = client.run(url, texts, concurrency, seconds)
+    err = proc.communicate(timeout=60)[1]
+    if proc.returncode != 0 or not os.path.exists(out_path):
+        return {"error": f"py-spy failed: {err[-500:]}"}
+    return {"load": load, **summarise_stacks(out_path)}
+
+
+def summarise_stacks(path: str, top: int = 12) -> dict[str, Any]:
+    """Per thread: share of samples; per thread, the functions with the most inclusive and self samples."""
+    threads: dict[str, int] = {}
+    inclusive: dict[str, dict[str, int]] = {}
+    self_: dict[str, dict[str, int]] = {}
+    total = 0
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = stack.split(";")
+        thread = re.sub(r"^thread \(\d+\):\s*", "", frames[0]).strip() or frames[0]  # 'thread (123): MainThread'
+        total += n
+        threads[thread] = threads.get(thread, 0) + n
+        names = [re.sub(r":\d+\)$", ")", f).strip() for f in frames[1:]]
+        for name in set(names):
+            inclusive.setdefault(thread, {})[name] = inclusive.setdefault(thread, {}).get(name, 0) + n
+        if names:
+            self_.setdefault(thread, {})[names[-1]] = self_.setdefault(thread, {}).get(names[-1], 0) + n
+
+    def best(d: dict[str, int]) -> list[tuple[str, float]]:
+        return [(k, round(v / total, 3)) for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]]
+
+    return {
+        "samples": total,
+        "thread_share": {k: round(v / total, 3) for k, v in sorted(threads.items(), key=lambda kv: -kv[1])},
+        "inclusive": {t: best(d) for t, d in inclusive.items()},
+        "self": {t: best(d) for t, d in self_.items()},
+    }
+
+
+def print_profile(name: str, prof: dict[str, Any]) -> None:
+    if "error" in prof:
+        print(f"  profile {name}: {prof['error']}", flush=True)
+        return
+    print(f"  profile {name}: {prof['samples']} samples; thread shares {prof['thread_share']}", flush=True)
+    for thread, rows in prof["inclusive"].items():
+        if prof["thread_share"].get(thread, 0) < 0.05:
+            continue
+        print(f"    [{thread}] inclusive: " + "; ".join(f"{share:.0%} {fn}" for fn, share in rows), flush=True)
+        print(f"    [{thread}] self:      " + "; ".join(f"{share:.0%} {fn}" for fn, share in prof["self"].get(thread, [])), flush=True)
+
+
 # ---- (b) the naive baseline server (this file, run as a subprocess) ---------------------------------
 def baseline_server(checkpoint: str, port: int) -> None:
     """One uvicorn process; each request calls pipeline() on its texts (no cross-request batching)."""
@@ -355,7 +491,13 @@ def run_naive(checkpoint: str, model: str, client: LoadClient, plan: list[tuple[
         wait_ready(url, "/healthz")
         top = check_answers(url, client.titles)
         print(f"  naive: correctness ok (200, {LABELS_PER_TITLE} labels per title)", flush=True)
-        return measure("naive", model, url, client, plan, args, {"server": [proc.pid]}), top
+        cells = measure("naive", model, url, client, plan, args, {"server": [proc.pid]})
+        if args.profile:
+            PROFILES[f"{model}/naive"] = prof = profile_cell(
+                proc.pid, url, client, 1, args.concurrency[0], args.duration, os.path.join(client.workdir, "pyspy_naive.txt")
+            )
+            print_profile(f"{model}/naive", prof)
+        return cells, top
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -369,6 +511,16 @@ def serve_config(checkpoint: str, args: argparse.Namespace, port: int, ingress: 
         checkpoint=checkpoint, host="127.0.0.1", port=port, min_replicas=1, max_replicas=1, replica_cpus=args.replica_cpus,
         max_batch_size=max_batch_size, batch_wait_timeout_s=wait_s, http_ingress=ingress, backend=args.backend,
     )  # fmt: skip
+
+
+def batch_settings(args: argparse.Namespace, model: str) -> tuple[int, float]:
+    """(max_batch_size, batch_wait_timeout_s) for `model`: its --batch_settings entry, else the global flags."""
+    for spec in args.batch_settings:
+        name, _, value = spec.partition("=")
+        if name == model:
+            size, wait = value.split(":")
+            return int(size), float(wait)
+    return args.max_batch_size, args.batch_wait_timeout_s
 
 
 def start_serve(cfg: Any) -> tuple[str, dict[str, Any]]:
@@ -386,7 +538,8 @@ def run_serve(
 ) -> tuple[list[Cell], list[str], dict[str, Any]]:  # fmt: skip
     from ray import serve
 
-    cfg = serve_config(checkpoint, args, free_port(), ingress, args.max_batch_size, args.batch_wait_timeout_s)
+    size, wait = batch_settings(args, model)
+    cfg = serve_config(checkpoint, args, free_port(), ingress, size, wait)
     try:
         used, info = start_serve(cfg)
         url = f"http://127.0.0.1:{cfg.port}"
@@ -396,6 +549,11 @@ def run_serve(
         server = f"serve-{used}" + (" (extra)" if extra else "")
         pids = CpuMeter.serve_processes()
         cells = measure(server, model, url, client, plan, args, pids, settings)
+        if args.profile and not extra and pids.get("replica"):
+            PROFILES[f"{model}/{server}"] = prof = profile_cell(
+                pids["replica"][0], url, client, 1, args.concurrency[0], args.duration, os.path.join(client.workdir, "pyspy_replica.txt")
+            )
+            print_profile(f"{model}/{server} replica", prof)
         return cells, top, {"ingress_requested": ingress, "ingress_used": used, "info": info, "processes": {k: len(v) for k, v in pids.items()}}
     finally:
         serve.shutdown()
@@ -440,17 +598,18 @@ def ratio_of(cell: Cell, naive: dict[tuple[str, int, int], Cell], metric: str) -
 def table(cells: list[Cell]) -> str:
     naive = {(c.model, c.texts_per_request, c.concurrency): c for c in cells if c.server == "naive"}
     rows = [
-        "| model | server | texts/req | conc. | req/s | texts/s | p50 ms | p99 ms | non-2xx | req/s vs naive | texts/s vs naive | CPU ms per request: server processes / client / whole machine |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| model | server | @serve.batch | texts/req | conc. | req/s | texts/s | p50 ms | p99 ms | non-2xx | req/s vs naive | texts/s vs naive "
+        "| CPU ms per request: server processes / client / whole machine | other people's load (cores) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for c in cells:
         r_req, r_txt = ratio_of(c, naive, "req_per_s"), ratio_of(c, naive, "texts_per_s")
         cpu = c.cpu_ms_per_request
         server_cpu = ", ".join(f"{k} {cpu[k]:.2f}" for k in ("server", "replica", "haproxy", "serve_proxy") if k in cpu)
         rows.append(
-            f"| {c.model} | {c.server} | {c.texts_per_request} | {c.concurrency} | {c.req_per_s:.0f} | {c.texts_per_s:.0f} | {c.p50_ms} | {c.p99_ms} "
+            f"| {c.model} | {c.server} | {c.settings.replace('max_batch_size=', '').replace(', batch_wait_timeout_s=', ' / ') or '-'} | {c.texts_per_request} | {c.concurrency} | {c.req_per_s:.0f} | {c.texts_per_s:.0f} | {c.p50_ms} | {c.p99_ms} "
             f"| {c.non_2xx + c.socket_errors} | {f'{r_req:.2f}x' if r_req else ''} | {f'{r_txt:.2f}x' if r_txt else ''} "
-            f"| {server_cpu} / {cpu.get('client', float('nan')):.2f} / {cpu.get('machine', float('nan')):.2f} |"
+            f"| {server_cpu} / {cpu.get('client', float('nan')):.2f} / {cpu.get('machine', float('nan')):.2f} | {cpu.get('other_processes_cores', float('nan')):.2f} |"
         )
     return "\n".join(rows)
 
@@ -494,15 +653,29 @@ def main() -> None:
     parser.add_argument("--replica_cpus", type=float, default=2.0, help="CPUs of the one Serve replica (= its engine's intra-op threads).")
     parser.add_argument("--max_batch_size", type=int, default=None, help="@serve.batch max_batch_size (default: YnatConfig's).")
     parser.add_argument("--batch_wait_timeout_s", type=float, default=None, help="@serve.batch batch_wait_timeout_s (default: YnatConfig's).")
-    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"], help="The Serve replica's engine backend.")
     parser.add_argument(
-        "--proxy_cell", action=argparse.BooleanOptionalAction, default=True,
-        help="Also serve the first model through Serve's Python proxy (http_ingress=proxy), 1 title at the first --concurrency.",
+        "--batch_settings", action="append", default=[], metavar="NAME=MAX_BATCH:WAIT_S",
+        help="Per-model @serve.batch settings (e.g. tiny=128:0.005), overriding --max_batch_size/--batch_wait_timeout_s for that model.",
     )  # fmt: skip
+    parser.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"], help="The Serve replica's engine backend.")
     parser.add_argument(
         "--sweep", nargs="+", default=None, metavar="MAX_BATCH:WAIT_S",
         help="Instead of the comparison: measure these @serve.batch settings on the Serve app (first --model, --texts x --concurrency).",
     )  # fmt: skip
+    parser.add_argument(
+        "--profile", action="store_true",
+        help="After each server's cells, one extra 1-title cell (not in the table) with py-spy on the naive server / the Serve replica.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max_foreign_cores", type=float, default=0.25,
+        help="A cell during which other people's processes used more cores than this is measured again (shared machine).",
+    )  # fmt: skip
+    parser.add_argument("--retries", type=int, default=3, help="How many times a noisy cell is measured again (the last try is kept).")
+    parser.add_argument(
+        "--parts", nargs="+", choices=["naive", "serve", "proxy"], default=["naive", "serve", "proxy"],
+        help="Which servers to measure: the naive one, the Serve app behind HAProxy, and the extra Serve-proxy cell.",
+    )  # fmt: skip
+    parser.add_argument("--report", default=None, metavar="JSON", help="Print the table and goals of a saved result file; measure nothing.")
     parser.add_argument("--num_cpus", type=int, default=None, help="Logical CPUs of the local Ray cluster (default: this machine's).")
     parser.add_argument("--out", default=str(HERE / "results"), help="Directory for the JSON results.")
     parser.add_argument("--baseline-server", dest="baseline_server", default=None, help=argparse.SUPPRESS)
@@ -510,6 +683,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.baseline_server:
         baseline_server(args.baseline_server, args.port)
+        return
+    if args.report:
+        report(json.loads(Path(args.report).read_text(encoding="utf-8")))
         return
     if not args.model or not args.input:
         parser.error("--model and --input are required")
@@ -536,47 +712,63 @@ def main() -> None:
     started = time.time()
     cells: list[Cell] = []
     meta: dict[str, Any] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        client = LoadClient(kind, titles, tmp)
-        try:
+    complete = False
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            client = LoadClient(kind, titles, tmp)
             if args.sweep:
                 name = next(iter(models))
-                cells = run_sweep(models[name], name, client, args)
+                cells += run_sweep(models[name], name, client, args)
             else:
                 for i, (name, checkpoint) in enumerate(models.items()):
                     print(f"== {name} ({presets[name]}): {checkpoint}", flush=True)
                     plan = [(n, c) for n in args.texts for c in args.concurrency] + [(1, c) for c in args.latency_concurrency]
-                    naive_cells, naive_top = run_naive(checkpoint, name, client, plan, args)
-                    serve_cells, serve_top, meta[name] = run_serve(checkpoint, name, client, plan, args, "haproxy")
-                    agree = float(np.mean([a == b for a, b in zip(naive_top, serve_top)]))
-                    meta[name]["top_label_agreement_with_naive"] = agree
-                    print(f"  top labels, serve vs naive (pipeline, torch fp32), {len(naive_top)} titles: {agree:.2%} agree", flush=True)
-                    cells += naive_cells + serve_cells
-                    if i == 0 and args.proxy_cell:
+                    naive_top = serve_top = None
+                    if "naive" in args.parts:
+                        naive_cells, naive_top = run_naive(checkpoint, name, client, plan, args)
+                        cells += naive_cells
+                    if "serve" in args.parts:
+                        serve_cells, serve_top, meta[name] = run_serve(checkpoint, name, client, plan, args, "haproxy")
+                        cells += serve_cells
+                    if naive_top and serve_top:
+                        agree = float(np.mean([a == b for a, b in zip(naive_top, serve_top)]))
+                        meta[name]["top_label_agreement_with_naive"] = agree
+                        print(f"  top labels, serve vs naive (pipeline, torch fp32), {len(naive_top)} titles: {agree:.2%} agree", flush=True)
+                    if i == 0 and "proxy" in args.parts:
                         proxy_cells, _, meta[f"{name}/proxy"] = run_serve(checkpoint, name, client, [(1, args.concurrency[0])], args, "proxy", extra=True)
                         cells += proxy_cells
-        finally:
-            ray.shutdown()
+        complete = True
+    finally:
+        ray.shutdown()
+        results = {
+            "args": vars(args), "models": models, "presets": presets, "client": kind, "servers": meta, "complete": complete,
+            "cells": [asdict(c) for c in cells], "profiles": PROFILES,
+        }  # fmt: skip
+        if cells:
+            report(results)
+            os.makedirs(args.out, exist_ok=True)
+            out = Path(args.out) / f"serve_load_{'sweep_' if args.sweep else ''}{int(started)}{'' if complete else '_partial'}.json"
+            out.write_text(json.dumps(results, indent=1, ensure_ascii=False, default=str))
+            print(f"wrote {out}")
 
-    print(f"\nload generator: {kind} (-t1, --latency); {args.duration:g} s per cell after {args.warmup:g} s warm-up; replica_cpus {args.replica_cpus:g}")
-    print(f"Serve batching: max_batch_size={args.max_batch_size}, batch_wait_timeout_s={args.batch_wait_timeout_s:g}" if not args.sweep else "sweep")
-    for name, m in meta.items():
+
+def report(results: dict[str, Any]) -> None:
+    """Print the settings, the table and the goals of one run's results (also used by --report)."""
+    args = argparse.Namespace(**results["args"])
+    cells = [Cell(**c) for c in results["cells"]]
+    print(f"\nload generator: {results['client']} (-t1, --latency); {args.duration:g} s per cell after {args.warmup:g} s warm-up; replica_cpus {args.replica_cpus:g}")
+    if not args.sweep:
+        for name in results["models"]:
+            size, wait = batch_settings(args, name)
+            print(f"{name}: Serve batching max_batch_size={size}, batch_wait_timeout_s={wait:g}")
+    for name, m in results["servers"].items():
         info = m.get("info", {})
         print(f"{name}: ingress {m['ingress_used']} (asked {m['ingress_requested']}); engine {info.get('backend')}, {info.get('threads')} thread(s)")
     print(f"\n{table(cells)}\n")
-    results_goals = [] if args.sweep else goals(cells, presets, args.concurrency[0])
-    for g in results_goals:
+    results["goals"] = [] if args.sweep else goals(cells, results["presets"], args.concurrency[0])
+    for g in results["goals"]:
         mark = "" if g["met"] is None else ("MET   " if g["met"] else "MISSED")
         print(f"{mark:<6} {g['goal']}")
-    os.makedirs(args.out, exist_ok=True)
-    out = Path(args.out) / f"serve_load_{'sweep_' if args.sweep else ''}{int(started)}.json"
-    out.write_text(
-        json.dumps(
-            {"args": vars(args), "models": models, "presets": presets, "client": kind, "servers": meta, "cells": [asdict(c) for c in cells], "goals": results_goals},
-            indent=1, ensure_ascii=False, default=str,
-        )
-    )  # fmt: skip
-    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

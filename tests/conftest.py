@@ -59,6 +59,9 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Cluster:
     cmd = [
         _ray_bin(), "start", "--head", f"--port={port}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
         f"--num-cpus={CLUSTER_CPUS}", "--num-gpus=0", f"--temp-dir={short}", "--include-dashboard=true", "--disable-usage-stats",
+        # Free ports, not Ray's fixed defaults: with another Ray instance on the machine (a developer's, a
+        # benchmark's) the job agent could not bind 52365, and `ray job submit` failed with "No available agent".
+        f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
     ]  # fmt: skip
     subprocess.run(cmd, check=True, env=env, capture_output=True, text=True, timeout=180)
     cluster = Cluster(address=f"127.0.0.1:{port}", dashboard_url=f"http://127.0.0.1:{dash}", temp_dir=str(temp_dir), env=env)

@@ -134,3 +134,95 @@ def test_hub_unreachable_names_the_offline_alternative():
     # conftest sets HF_HUB_OFFLINE=1: the same failure a machine without the hub gets, without waiting on retries.
     with pytest.raises(HubUnavailableError, match="--data embedded"):
         hub_split("validation", YnatConfig(data="hub"))
+
+
+def test_hold_out_depends_on_guids_not_on_file_layout(tmp_path):
+    """The hash split keys on guid: the same rows in one file or spread over two give the same hold-out."""
+    rows = [{"guid": f"g{i:03d}", "title": f"제목 {i}", "label": i % 7} for i in range(80)]
+    one = tmp_path / "one"
+    one.mkdir()
+    write(one / "all.jsonl", rows, "jsonl")
+    two = tmp_path / "two"
+    two.mkdir()
+    write(two / "a.csv", rows[::2], "csv")
+    write(two / "b.parquet", rows[1::2], "parquet")
+    a = load_splits(YnatConfig(data=str(one), validation_size=12, max_train_samples=30))
+    b = load_splits(YnatConfig(data=str(two), validation_size=12, max_train_samples=30))
+    assert sorted(a.validation["guid"]) == sorted(b.validation["guid"]) and len(a.validation) == 12
+    assert sorted(a.train["guid"]) == sorted(b.train["guid"]) and len(a.train) == 30
+    assert set(a.validation["guid"]).isdisjoint(a.train["guid"])
+
+
+@pytest.mark.parametrize("total", [1, 5, 300, 70_000])
+def test_boundary_buckets_rank_like_a_full_sort(total):
+    """What the streaming path knows (a histogram + the hashes of the boundary buckets) finds the same
+    thresholds and counts as sorting every hash in memory."""
+    import numpy as np
+
+    from ynat_ray.data import HashOrder, hash_buckets, plan_hash_split, split_hashes
+
+    hashes = split_hashes([f"row-{i}" for i in range(total)], seed=11)
+    order = HashOrder.from_hashes(hashes)
+    ordered = np.sort(hashes)
+    for hold_out, cap in [(0, None), (0, total // 2), (total // 3, None), (total // 3, total // 4), (total - 1, 1)]:
+        if hold_out >= total:
+            continue
+        full, full_rows = plan_hash_split(order, hashes, 11, hold_out, cap)
+        needed = {order.bucket_at(r) for r in (hold_out, hold_out + (cap or 0)) if order.bucket_at(r) is not None}
+        partial, partial_rows = plan_hash_split(order, hashes[np.isin(hash_buckets(hashes), list(needed))], 11, hold_out, cap)
+        assert full == partial and full_rows == partial_rows
+        assert int(full.validation_mask(hashes).sum()) == hold_out
+        assert full_rows == int(full.train_mask(hashes).sum()) == (total - hold_out if cap is None else min(cap, total - hold_out))
+        if hold_out:
+            assert full.valid_below == int(ordered[hold_out])  # exactly the hold_out lowest hashes
+    with pytest.raises(ValueError, match="lower --validation_size"):
+        plan_hash_split(order, hashes, 11, total, None)
+
+
+def test_id_column_is_the_guid_everywhere(tmp_path):
+    rows = [{"id": "ynat-v1_train_00000", "title": ROWS[0]["title"], "label": 3}, {"id": "x-2", "title": ROWS[1]["title"], "label": 3}]
+    df = read_rows(write(tmp_path / "with_id.csv", rows, "csv"), YnatConfig())
+    assert df["guid"].tolist() == ["ynat-v1_train_00000", "x-2"]
+    both = [{**r, "guid": f"g{i}"} for i, r in enumerate(rows)]  # a real guid column wins over id
+    assert read_rows(write(tmp_path / "both.jsonl", both, "jsonl"), YnatConfig())["guid"].tolist() == ["g0", "g1"]
+    # ...unless `id` is what the user named as the text column.
+    texts = write(tmp_path / "id_text.jsonl", [{"id": ROWS[0]["title"], "label": 3}], "jsonl")
+    assert read_rows(texts, YnatConfig(text_column="id"))["guid"].tolist() == ["id_text.jsonl:1"]
+
+
+@pytest.mark.parametrize("scheme", ["memory", "file"])
+def test_quarantine_writer_takes_uris(tmp_path, scheme):
+    import fsspec
+
+    from ynat_ray.data import BadRow, write_quarantine
+
+    bad = [BadRow("s3://bucket/train.jsonl", 4, "title", "empty", {"title": "", "label": 1})]
+    uri = "memory://quarantine-test/nested/q.jsonl" if scheme == "memory" else f"file://{tmp_path}/deep/dir/q.jsonl"
+    assert write_quarantine(bad, uri) == 1
+    with fsspec.open(uri, "rt", encoding="utf-8") as fh:
+        assert json.loads(fh.read())["row"] == 4
+    assert write_quarantine([], str(tmp_path / "never.jsonl")) == 0 and not (tmp_path / "never.jsonl").exists()
+
+
+def test_hub_bad_rows_are_quarantined_and_counted(monkeypatch):
+    """klue/ynat rows go through the same validation; with skip, bad ones are returned for the quarantine."""
+    import datasets
+
+    good = [{"guid": f"ynat-v1_train_{i:05d}", "title": f"{ROWS[i % 3]['title']} {i}", "label": i % 7} for i in range(30)]
+    splits = {
+        "train": [*good[:20], {"guid": "bad-1", "title": "", "label": 1}],
+        "validation": [*good[20:], {"guid": "bad-2", "title": "x", "label": 9}],
+    }
+
+    def fake_load_dataset(name: str, config: str, split: str) -> datasets.Dataset:
+        assert (name, config) == ("klue", "ynat")
+        return datasets.Dataset.from_list(splits[split])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    loaded = load_splits(YnatConfig(data="hub", validation_size=4, on_bad_rows="skip"))
+    # As before: validation_size rows of hub validation become test, as many of the rest validation.
+    assert len(loaded.train) == 20 and len(loaded.validation) == 4 and len(loaded.test) == 4
+    where = [(b.source, b.row, b.field) for b in loaded.bad_rows]
+    assert where == [("hub:klue/ynat/train", 21, "title"), ("hub:klue/ynat/validation", 11, "label")]
+    with pytest.raises(DataValidationError, match="hub:klue/ynat/train: row 21"):
+        load_splits(YnatConfig(data="hub", validation_size=4))

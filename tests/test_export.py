@@ -34,21 +34,26 @@ def validation() -> tuple[list[str], list[int]]:
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A Hugging Face checkpoint directory of a ynat-tiny model trained 100 steps of batch 32 (~5 s on 2 cores)."""
+    """A Hugging Face checkpoint directory of a ynat-tiny model trained 100 steps of batch 32 (a few seconds)."""
     train = embedded_split("train")
     tokenizer = train_wordpiece_tokenizer(train["title"].tolist(), vocab_size=8000, max_length=MAX_LENGTH)
     model = build_model("ynat-tiny", tokenizer, MAX_LENGTH, seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(0)
-    model.train()
-    for _ in range(100):
-        idx = rng.choice(len(train), size=32, replace=False)
-        batch = encode_texts(tokenizer, train["title"].iloc[idx].tolist(), MAX_LENGTH, return_tensors="pt")
-        labels = torch.tensor(train["label"].iloc[idx].to_numpy(dtype=np.int64, copy=True))
-        loss = model(**batch, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a 2x128 model gains little from 2 threads, and on a busy 2-core box loses a lot
+    try:
+        model.train()
+        for _ in range(100):
+            idx = rng.choice(len(train), size=32, replace=False)
+            batch = encode_texts(tokenizer, train["title"].iloc[idx].tolist(), MAX_LENGTH, return_tensors="pt")
+            labels = torch.tensor(train["label"].iloc[idx].to_numpy(dtype=np.int64, copy=True))
+            loss = model(**batch, labels=labels).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     path = tmp_path_factory.mktemp("export") / "checkpoint"
     model.save_pretrained(path)

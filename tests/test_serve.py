@@ -465,6 +465,8 @@ def test_killing_a_replica_mid_load_loses_no_request(server: Server, titles: lis
     import ray
     from ray.util.state import list_actors
 
+    gcs = ray.get_runtime_context().gcs_address  # explicit: another Ray instance on the machine must not confuse it
+    alive_replicas = [("class_name", "=", REPLICA_CLASS), ("state", "=", "ALIVE")]
     expected = {t: pipe(t)[0][0]["label"] for t in titles[:31]}
     results: dict[int, httpx.Response] = {}
     failed_attempts: list[str] = []  # what the client saw before retrying: 503s from the ingress, dropped connections
@@ -492,7 +494,7 @@ def test_killing_a_replica_mid_load_loses_no_request(server: Server, titles: lis
         deadline = time.monotonic() + 30
         while (len(results) < 10 or state["inflight"] < 4) and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
-        victim = list_actors(filters=[("class_name", "=", REPLICA_CLASS), ("state", "=", "ALIVE")])[0]
+        victim = list_actors(address=gcs, filters=alive_replicas)[0]
         state["inflight_at_kill"] = state["inflight"]
         ray.kill(ray.get_actor(victim.name, namespace="serve"), no_restart=True)
         state["killed"] = victim.actor_id
@@ -518,7 +520,7 @@ def test_killing_a_replica_mid_load_loses_no_request(server: Server, titles: lis
     assert set(failed_attempts) <= {"500", "503", "ReadError", "RemoteProtocolError", "ConnectError"}, failed_attempts
     # the app recovers: a new replica (not the killed one) is running and the app is ready
     assert _wait(lambda: replicas() >= 1 and httpx.get(f"{server.url}/readyz").status_code == 200, 60)
-    alive = {a.actor_id for a in list_actors(filters=[("class_name", "=", REPLICA_CLASS), ("state", "=", "ALIVE")])}
+    alive = {a.actor_id for a in list_actors(address=gcs, filters=alive_replicas)}
     assert alive and state["killed"] not in alive
     seen = failed_attempts or "no failure"
     print(f"\nkilled a replica with {state['inflight_at_kill']} request(s) in flight; client saw {seen}; 80/80 correct")

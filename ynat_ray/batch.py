@@ -3,11 +3,11 @@
 Pipeline, and why each step looks the way it does:
 
   expand_paths(--input) -> read_datasource(YnatFiles): ONE read task per file (READ_CPUS each) runs the
-     trainer's own `read_records` + `validate_frame`, so a malformed row is reported exactly like in
-     training, with the file's own 1-based row number. Good rows stream on with `source` and `row`
-     columns; Ray Data splits each task's output into several blocks, so one big file still spreads over
-     every actor. Skipped rows go to a tiny ledger actor that the driver asks for the quarantine file and
-     the input row count.
+     reader training uses too (`ynat_ray.rows`: parse + validate + the id/guid rule), so a malformed row is
+     reported exactly like in training, with the file's own 1-based row number. Good rows stream on with
+     `source` and `row` columns; Ray Data splits each task's output into several blocks, so one big file
+     still spreads over every actor. Skipped rows go to a tiny ledger actor that the driver asks for the
+     quarantine file (`write_quarantine`, local or URI) and the input row count.
   -> map_batches(Predictor, compute=ActorPoolStrategy(size=num_actors), num_cpus/num_gpus per actor):
      each actor loads the checkpoint once into the inference engine (`TextClassifier`: ONNX Runtime int8
      on CPU where its parity check passed, length-sorted batches padded by the tokenizer), with as many
@@ -22,10 +22,7 @@ dropped or reordered silently. The same pass yields accuracy and macro-F1 when t
 from __future__ import annotations
 
 import contextlib
-import functools
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -33,17 +30,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from ray.data import Datasource, ReadTask
-from ray.data.block import BlockMetadata
 
 from ynat_ray.config import YnatConfig
-from ynat_ray.data import BadRow, DataValidationError, expand_paths, read_records, validate_frame, write_quarantine
-from ynat_ray.labels import ID2LABEL, LABEL2ID
+from ynat_ray.data import BadRow, DataValidationError, expand_paths, write_quarantine
+from ynat_ray.labels import LABEL2ID
+from ynat_ray.rows import READ_CPUS, RowLedger, YnatFilesDatasource, read_file, unwrap_validation_error  # noqa: F401 - the one reader
 
-# A read task parses and validates one file; a write task encodes and uploads one output file. Both are
-# light, and giving them a quarter CPU means predictor actors can never take every CPU and starve them
+# A write task encodes and uploads one output file (a read task, READ_CPUS, parses and validates one). Both
+# are light, and giving them a quarter CPU means predictor actors can never take every CPU and starve them
 # (Ray Data then stalls without an error: "Cluster resources are not enough to run any task").
-READ_CPUS = 0.25
 WRITE_CPUS = 0.25
 # Rows per predictor call: several forward passes of --eval_batch_size each, sorted by length across the
 # whole call (less padding), and few enough calls that Ray's per-task overhead stays small next to the model.
@@ -59,87 +54,7 @@ class OutputMismatchError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Workers
-
-
-class RowLedger:
-    """Per input file: how many rows it had and which were skipped. Runs as a 0-CPU actor.
-
-    Keyed by file, so a read task that Ray retries overwrites its own entry instead of counting twice.
-    """
-
-    def __init__(self) -> None:
-        self.files: dict[str, tuple[int, list[BadRow]]] = {}
-
-    def record(self, source: str, rows: int, bad: list[BadRow]) -> None:
-        self.files[source] = (rows, bad)
-
-    def totals(self) -> tuple[int, list[BadRow]]:
-        bad = [b for source in sorted(self.files) for b in self.files[source][1]]
-        return sum(rows for rows, _ in self.files.values()), bad
-
-
-def read_file(path: str, cfg: YnatConfig, ledger: Any = None) -> Iterator[pa.Table]:
-    """Validate one file and yield its good rows: guid, text, gold, source, row.
-
-    An `id` column stands in for `guid` when the file has no `guid`; rows with neither get
-    '<file name>:<row>' from validate_frame. `gold` is the topic name, or null when the row has no label.
-    """
-    import ray
-
-    raw = read_records(path)
-    if "guid" not in raw.columns and "id" in raw.columns:
-        raw = raw.rename(columns={"id": "guid"})
-    clean, bad = validate_frame(
-        raw,
-        path,
-        text_column=cfg.text_column,
-        label_column=cfg.label_column,
-        require_label=False,
-        on_bad_rows=cfg.on_bad_rows,
-    )
-    if ledger is not None:
-        ray.get(ledger.record.remote(path, len(raw), bad))
-    skipped = {b.row for b in bad}
-    rows = np.array([r for r in range(1, len(raw) + 1) if r not in skipped], dtype=np.int64)
-    table = pa.table(
-        {
-            "guid": pa.array(clean["guid"].tolist(), pa.string()),
-            cfg.text_column: pa.array(clean["title"].tolist(), pa.string()),
-            "gold": pa.array([ID2LABEL.get(int(i)) for i in clean["label"]], pa.string()),
-            "source": pa.array([path] * len(clean), pa.string()),
-            "row": pa.array(rows),
-        }
-    )
-    yield table
-
-
-class YnatFilesDatasource(Datasource):
-    """One Ray Data read task per input file: `read_file` under `read_datasource`.
-
-    Why a Datasource rather than map_batches over a list of paths: a map task's output is buffered into
-    one block per task, and one block feeds one actor, so a single big file would run on one actor.
-    Read tasks get Ray Data's block splitting, which spreads each file's rows over the actor pool.
-    """
-
-    def __init__(self, files: list[str], cfg: YnatConfig, ledger: Any):
-        self.files, self.cfg, self.ledger = files, cfg, ledger
-
-    def get_name(self) -> str:
-        return "YnatFiles"
-
-    def estimate_inmemory_data_size(self) -> int | None:
-        return None
-
-    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None) -> list[ReadTask]:
-        return [
-            ReadTask(
-                functools.partial(read_file, path, self.cfg, self.ledger),
-                BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(path,)),
-                per_task_row_limit=per_task_row_limit,
-            )
-            for path in self.files
-        ]
+# Workers (the reader, `read_file` / `YnatFilesDatasource` / `RowLedger`, lives in ynat_ray.rows)
 
 
 class Predictor:
@@ -311,21 +226,6 @@ def write_output(ds: Any, cfg: YnatConfig) -> None:
         )
 
 
-def unwrap_validation_error(err: BaseException) -> DataValidationError | None:
-    """The DataValidationError a read task raised, from inside Ray's task-error wrappers."""
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [err]
-    while stack:
-        cur = stack.pop()
-        if cur is None or id(cur) in seen:
-            continue
-        seen.add(id(cur))
-        if isinstance(cur, DataValidationError):
-            return cur
-        stack += [cur.__cause__, cur.__context__, getattr(cur, "cause", None)]
-    return None
-
-
 @dataclass
 class OutputScan:
     files: list[str]
@@ -387,20 +287,6 @@ def scan_output(output: str, output_format: str, inputs: list[str]) -> OutputSca
     return scan
 
 
-def save_quarantine(bad: list[BadRow], path: str) -> int:
-    """write_quarantine, also for URIs (written locally, then uploaded)."""
-    if not bad or "://" not in path:
-        return write_quarantine(bad, path)
-    import fsspec
-
-    with tempfile.TemporaryDirectory() as tmp:
-        local = os.path.join(tmp, "quarantine.jsonl")
-        count = write_quarantine(bad, local)
-        fs, remote = fsspec.core.url_to_fs(path)
-        fs.put(local, remote)
-    return count
-
-
 def execute(cfg: YnatConfig, files: list[str]) -> tuple[float, int, list[BadRow]]:
     """Run the pipeline to the written files: (seconds, input rows, skipped rows).
 
@@ -447,7 +333,7 @@ def run_batch_prediction(cfg: YnatConfig) -> dict[str, Any]:
     )
 
     seconds, input_rows, bad = execute(cfg, files)
-    quarantined = save_quarantine(bad, quarantine)
+    quarantined = write_quarantine(bad, quarantine)
     scan = scan_output(cfg.output, cfg.output_format, files)
     if scan.rows != input_rows - quarantined:
         raise OutputMismatchError(f"wrote {scan.rows} rows but the input has {input_rows} rows and {quarantined} were quarantined")

@@ -5,12 +5,24 @@ must be reported the same way everywhere: the file, the 1-based row number and t
 `on_bad_rows="skip"` the row goes to a quarantine file instead and is counted, never silently dropped.
 
 Canonical columns after validation: guid, title, label (int id, -1 when the input has no label), url, date.
+
+One reader for every path: `read_file_rows` parses and validates one file (an `id` column stands in for a
+missing `guid`; rows keep the file's own 1-based numbers). `read_rows` concatenates it in memory (evaluation,
+--validation_data, --test_data); `ynat_ray.rows` runs it inside Ray Data read tasks (training files,
+predict-batch), so the driver never holds a training corpus.
+
+Splitting files without holding them: every row gets a 64-bit hash of (seed, guid) (`split_hashes`). The
+hold-out is the --validation_size rows with the smallest hashes, --max_train_samples the next ones. The
+thresholds come from a histogram over the hashes' top 16 bits plus the exact hashes of the few rows in the
+boundary buckets (`HashOrder`), so the same rows are chosen whether the rows sit in a DataFrame or stream
+through Ray Data, on every run with the same seed. Rows that share a guid always land on the same side.
 """
 
 from __future__ import annotations
 
 import codecs
 import csv
+import hashlib
 import io
 import json
 import math
@@ -18,7 +30,7 @@ import os
 import re
 import unicodedata
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -68,10 +80,36 @@ class BadRow:
 
 @dataclass
 class Splits:
-    train: pd.DataFrame
+    """Rows of one run. The train split is either in memory (`train`) or a lazy Ray Dataset (`train_stream`).
+
+    Validation and test are small (rank 0 scores all of validation; the final report scores test), so they
+    are always DataFrames. A streamed train split comes with its exact row count and, for the offline
+    presets, a bounded hash sample of its titles to train the tokenizer on.
+    """
+
+    train: pd.DataFrame | None
     validation: pd.DataFrame
     test: pd.DataFrame | None
     bad_rows: list[BadRow] = field(default_factory=list)
+    train_stream: Any = None  # ray.data.Dataset of title/label rows, read by Ray Data tasks (files only)
+    train_rows: int = -1  # filled from `train` when it is a DataFrame
+    tokenizer_sample: list[str] | None = None  # streamed runs: the lowest-hash train titles (at most tokenizer_rows)
+    input_rows: int | None = None  # streamed runs: records in the training files, bad and held-out rows included
+    files: list[str] = field(default_factory=list)  # streamed runs: the training files
+
+    def __post_init__(self) -> None:
+        if self.train is not None:
+            self.train_rows = len(self.train)
+
+    @property
+    def streamed(self) -> bool:
+        return self.train is None
+
+    def tokenizer_texts(self) -> Iterable[str]:
+        """Titles a preset's tokenizer learns from: every in-memory train title, or the streamed run's sample."""
+        if self.train is not None:
+            return self.train["title"]
+        return self.tokenizer_sample or []
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,34 +418,206 @@ def validate_frame(
     return out, bad
 
 
+def canonical_ids(raw: pd.DataFrame, cfg: YnatConfig) -> pd.DataFrame:
+    """The one `id` rule: an `id` column stands in for `guid` when the file has no `guid` (KLUE exports and
+    many CSVs call it `id`), unless `id` is the text or label column."""
+    if "guid" not in raw.columns and "id" in raw.columns and "id" not in (cfg.text_column, cfg.label_column):
+        return raw.rename(columns={"id": "guid"})
+    return raw
+
+
+def read_file_rows(path: str, cfg: YnatConfig, *, require_label: bool = True) -> tuple[pd.DataFrame, int, list[BadRow]]:
+    """Read and validate ONE file: (canonical rows plus the file's own 1-based `row`, records read, bad rows).
+
+    Everything that reads YNAT files goes through here, in memory (`read_rows`) or in a Ray Data read task
+    (`ynat_ray.rows.read_file`), so parsing, validation, row numbers and the id/guid rule cannot drift apart.
+    """
+    raw = canonical_ids(read_records(path), cfg)
+    clean, bad = validate_frame(
+        raw,
+        path,
+        text_column=cfg.text_column,
+        label_column=cfg.label_column,
+        require_label=require_label,
+        on_bad_rows=cfg.on_bad_rows,
+    )
+    skipped = {b.row for b in bad}
+    clean["row"] = np.array([r for r in range(1, len(raw) + 1) if r not in skipped], dtype=np.int64)
+    return clean, len(raw), bad
+
+
 def read_rows(spec: str, cfg: YnatConfig, *, require_label: bool = True, bad_rows: list[BadRow] | None = None) -> pd.DataFrame:
-    """Read and validate every file that `spec` names; skipped rows are appended to `bad_rows`."""
+    """Read and validate every file that `spec` names into memory; skipped rows are appended to `bad_rows`.
+
+    For small inputs (evaluation, validation/test files). Training files stream through `ynat_ray.rows`.
+    """
     frames = []
     for path in expand_paths(spec):
-        clean, bad = validate_frame(
-            read_records(path),
-            path,
-            text_column=cfg.text_column,
-            label_column=cfg.label_column,
-            require_label=require_label,
-            on_bad_rows=cfg.on_bad_rows,
-        )
-        frames.append(clean)
+        clean, _, bad = read_file_rows(path, cfg, require_label=require_label)
+        frames.append(clean[list(COLUMNS)])
         if bad_rows is not None:
             bad_rows.extend(bad)
     return pd.concat(frames, ignore_index=True)
 
 
 def write_quarantine(bad_rows: Iterable[BadRow], path: str) -> int:
-    """Write skipped rows as JSON lines (source, row, field, reason, record); return how many."""
+    """Write skipped rows as JSON lines (source, row, field, reason, record) to a local path or any fsspec URI
+    (s3://, gs://, memory://, file://); return how many. Nothing is written when there are none.
+
+    The one quarantine writer: training, evaluation and predict-batch all call it.
+    """
     rows = list(bad_rows)
     if rows:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        import fsspec
+
+        fs, target = fsspec.core.url_to_fs(path)
+        parent = fs._parent(target)
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
         # Korean stays readable (ensure_ascii=False); a lone surrogate (a row quarantined for exactly that) is
         # written as its JSON escape (\\ud800) instead of failing the write.
-        with open(path, "w", encoding="utf-8", errors="backslashreplace") as fh:
-            fh.writelines(r.to_json() + "\n" for r in rows)
+        data = "".join(r.to_json() + "\n" for r in rows).encode("utf-8", "backslashreplace")
+        with fs.open(target, "wb") as fh:
+            fh.write(data)
     return len(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Deterministic hash split (in memory and streaming alike)
+
+BUCKET_BITS = 16
+BUCKETS = 1 << BUCKET_BITS
+_BUCKET_SHIFT = np.uint64(64 - BUCKET_BITS)
+# A streamed preset run trains its WordPiece tokenizer on at most this many train titles (the lowest hashes):
+# enough for a stable 8k vocabulary, bounded so the driver never holds the corpus.
+TOKENIZER_ROWS = 100_000
+
+
+def split_hashes(guids: Sequence[str] | Iterable[str], seed: int) -> np.ndarray:
+    """A stable 64-bit hash per guid, keyed by the seed (blake2b: same value on every machine and Python run,
+    unlike hash()). Every row has a guid: the file's own, or '<file name>:<row>' from validation."""
+    key = str(seed).encode()
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(str(g).encode("utf-8", "surrogatepass"), digest_size=8, key=key).digest(), "big") for g in guids),
+        dtype=np.uint64,
+    )
+
+
+def hash_buckets(hashes: np.ndarray) -> np.ndarray:
+    """The top BUCKET_BITS bits of each hash: which histogram bucket it counts in."""
+    return (hashes >> _BUCKET_SHIFT).astype(np.int64)
+
+
+class HashOrder:
+    """The rank order of every row's hash, known from a histogram plus the hashes of a few boundary buckets.
+
+    Why: the k-th smallest hash decides a hold-out of k rows. A histogram of the top 16 bits (65,536 counts,
+    whatever the corpus size) says which bucket holds rank k; only that bucket's hashes (about N / 65,536 rows)
+    are then needed to find the exact value. In memory the same class runs on all hashes, so both paths pick
+    identical rows.
+    """
+
+    def __init__(self, counts: np.ndarray):
+        self.counts = np.asarray(counts, dtype=np.int64)
+        self.cum = np.cumsum(self.counts)
+        self.total = int(self.cum[-1]) if len(self.cum) else 0
+
+    @classmethod
+    def from_hashes(cls, hashes: np.ndarray) -> HashOrder:
+        return cls(np.bincount(hash_buckets(hashes), minlength=BUCKETS))
+
+    def bucket_at(self, rank: int) -> int | None:
+        """The bucket holding the row of this 0-based rank, or None when there are not that many rows."""
+        if rank >= self.total:
+            return None
+        return int(np.searchsorted(self.cum, rank, side="right"))
+
+    def _bucket_values(self, bucket: int, hashes: np.ndarray) -> np.ndarray:
+        values = np.sort(hashes[hash_buckets(hashes) == bucket])
+        if len(values) != self.counts[bucket]:  # the input changed between the counting and the collecting pass
+            raise RuntimeError(f"hash bucket {bucket}: {len(values)} rows now, {self.counts[bucket]} when counted; did the files change?")
+        return values
+
+    def value_at(self, rank: int, hashes: np.ndarray) -> int | None:
+        """The hash at this 0-based rank (None: fewer rows). `hashes` must hold every hash of `bucket_at(rank)`."""
+        bucket = self.bucket_at(rank)
+        if bucket is None:
+            return None
+        before = int(self.cum[bucket - 1]) if bucket else 0
+        return int(self._bucket_values(bucket, hashes)[rank - before])
+
+    def count_below(self, value: int | None, hashes: np.ndarray) -> int:
+        """Rows whose hash is < value (None: all rows). `hashes` must hold every hash of value's bucket."""
+        if value is None:
+            return self.total
+        if value == 0:  # "no hold-out": nothing is below it, and bucket 0 need not have been collected
+            return 0
+        bucket = value >> (64 - BUCKET_BITS)
+        before = int(self.cum[bucket - 1]) if bucket else 0
+        return before + int((self._bucket_values(bucket, hashes) < np.uint64(value)).sum())
+
+
+@dataclass(frozen=True)
+class HashSplit:
+    """Where a row goes, by its hash h: h < valid_below -> validation; valid_below <= h < train_below -> train.
+
+    valid_below is 0 when nothing is held out (--validation_data given); train_below is None without
+    --max_train_samples (or when it asks for at least every row). Picklable: Ray Data tasks apply it.
+    """
+
+    seed: int
+    valid_below: int
+    train_below: int | None = None
+
+    def validation_mask(self, hashes: np.ndarray) -> np.ndarray:
+        return hashes < np.uint64(self.valid_below)
+
+    def train_mask(self, hashes: np.ndarray) -> np.ndarray:
+        mask = hashes >= np.uint64(self.valid_below)
+        if self.train_below is not None:
+            mask &= hashes < np.uint64(self.train_below)
+        return mask
+
+
+def split_ranks(hold_out: int, max_train: int | None, tokenizer_rows: int = 0) -> dict[str, int]:
+    """The 0-based hash ranks whose values bound the split (and a preset's tokenizer sample)."""
+    ranks = {"validation": hold_out}
+    if max_train is not None:
+        ranks["train"] = hold_out + max_train
+    if tokenizer_rows:
+        ranks["tokenizer"] = hold_out + min(tokenizer_rows, max_train if max_train is not None else tokenizer_rows)
+    return ranks
+
+
+def check_hold_out(hold_out: int, total: int) -> None:
+    """Refuse a hold-out that leaves no training rows (and a corpus with no valid row at all)."""
+    if total == 0:
+        raise ValueError("no valid training rows: the files are empty or every row was malformed (see the quarantine file)")
+    if hold_out >= total:
+        raise ValueError(f"cannot hold out {hold_out} rows from {total}; lower --validation_size")
+
+
+def plan_hash_split(order: HashOrder, hashes: np.ndarray, seed: int, hold_out: int, max_train: int | None) -> tuple[HashSplit, int]:
+    """(the split, its exact train row count) from the hash order; `hashes` must cover the boundary buckets.
+
+    The hold-out is the `hold_out` lowest hashes (fewer only if guids repeat across the boundary), the train
+    sample the next `max_train`.
+    """
+    check_hold_out(hold_out, order.total)
+    valid_below = order.value_at(hold_out, hashes) if hold_out else 0
+    train_below = order.value_at(hold_out + max_train, hashes) if max_train is not None else None
+    split = HashSplit(seed, int(valid_below or 0), train_below)
+    return split, order.count_below(train_below, hashes) - order.count_below(split.valid_below, hashes)
+
+
+def hash_split_frame(df: pd.DataFrame, seed: int, hold_out: int, max_train: int | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The in-memory twin of the streaming split: (train, held-out) rows of df, each in df's order."""
+    hashes = split_hashes(df["guid"], seed)
+    split, _ = plan_hash_split(HashOrder.from_hashes(hashes), hashes, seed, hold_out, max_train)
+    return (
+        df[split.train_mask(hashes)].reset_index(drop=True),
+        df[split.validation_mask(hashes)].reset_index(drop=True),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -422,8 +632,12 @@ def embedded_split(split: str) -> pd.DataFrame:
     return df
 
 
-def hub_split(split: str, cfg: YnatConfig) -> pd.DataFrame:
-    """datasets.load_dataset('klue', 'ynat'): the real thing, for machines that reach the hub."""
+def hub_split(split: str, cfg: YnatConfig, bad_rows: list[BadRow] | None = None) -> pd.DataFrame:
+    """datasets.load_dataset('klue', 'ynat'): the real thing, for machines that reach the hub.
+
+    Validated like a file: with --on_bad_rows skip, bad rows are appended to `bad_rows` (quarantined and
+    counted by the caller), never dropped silently.
+    """
     try:
         from datasets import load_dataset
 
@@ -434,7 +648,9 @@ def hub_split(split: str, cfg: YnatConfig) -> pd.DataFrame:
             "Offline? Use --data embedded (the YNAT subsample shipped with ynat-ray) or --data PATH "
             "to local YNAT files (json, jsonl, csv, parquet)."
         ) from err
-    df, _ = validate_frame(ds.to_pandas(), f"hub:klue/ynat/{split}", on_bad_rows=cfg.on_bad_rows)
+    df, bad = validate_frame(ds.to_pandas(), f"hub:klue/ynat/{split}", on_bad_rows=cfg.on_bad_rows)
+    if bad_rows is not None:
+        bad_rows.extend(bad)
     return df
 
 
@@ -452,30 +668,44 @@ def _hold_out(df: pd.DataFrame, n: int, seed: int) -> tuple[pd.DataFrame, pd.Dat
     return df.drop(held.index).reset_index(drop=True), held.reset_index(drop=True)
 
 
-def load_splits(cfg: YnatConfig) -> Splits:
+def load_splits(cfg: YnatConfig, *, stream: bool = False, tokenizer_rows: int = 0, task_cpus: float = 1.0) -> Splits:
     """Train/validation/test rows for a run, reproducible from cfg.seed.
 
     - embedded: the shipped 10k/1k/1k subsample.
     - hub: klue/ynat train; its validation split is cut into validation and test like the notebook.
-    - files: --data for training; --validation_data, or a seeded hold-out of --validation_size rows.
+    - files: --data for training; --validation_data, or a hold-out of the --validation_size rows with the
+      lowest (seed, guid) hashes; --max_train_samples keeps the next lowest. With `stream=True` (training)
+      the train split stays a lazy Ray Dataset read by Ray Data tasks (`ynat_ray.rows`), with the same rows
+      as the in-memory split; `tokenizer_rows` bounds the titles collected for a preset's tokenizer and
+      `task_cpus` is what each of its read tasks asks for. Needs a Ray connection.
     """
+    if stream and cfg.data not in (EMBEDDED, HUB):
+        from ynat_ray.rows import stream_file_splits
+
+        return stream_file_splits(cfg, tokenizer_rows=tokenizer_rows, task_cpus=task_cpus)
     bad: list[BadRow] = []
     if cfg.data == EMBEDDED:
         train, valid, test = embedded_split("train"), embedded_split("validation"), embedded_split("test")
+        train = _sample(train, cfg.max_train_samples, cfg.seed)
     elif cfg.data == HUB:
-        train = hub_split("train", cfg)
-        rest, test = _hold_out(hub_split("validation", cfg), cfg.validation_size, cfg.seed)
+        train = _sample(hub_split("train", cfg, bad), cfg.max_train_samples, cfg.seed)
+        rest, test = _hold_out(hub_split("validation", cfg, bad), cfg.validation_size, cfg.seed)
         valid = _sample(rest, cfg.validation_size, cfg.seed)
     else:
-        train = read_rows(cfg.data, cfg, bad_rows=bad)
+        rows = read_rows(cfg.data, cfg, bad_rows=bad)
         test = read_rows(cfg.test_data, cfg, bad_rows=bad) if cfg.test_data else None
         if cfg.validation_data:
             valid = read_rows(cfg.validation_data, cfg, bad_rows=bad)
+            train, _ = hash_split_frame(rows, cfg.seed, 0, cfg.max_train_samples)
         else:
-            train, valid = _hold_out(train, cfg.validation_size, cfg.seed)
+            train, valid = hash_split_frame(rows, cfg.seed, cfg.validation_size, cfg.max_train_samples)
     if cfg.test_data and cfg.data in (EMBEDDED, HUB):
         test = read_rows(cfg.test_data, cfg, bad_rows=bad)
-    train = _sample(train, cfg.max_train_samples, cfg.seed)
+    return small_splits(cfg, train, valid, test, bad)
+
+
+def small_splits(cfg: YnatConfig, train: pd.DataFrame | None, valid: pd.DataFrame, test: pd.DataFrame | None, bad: list[BadRow]) -> Splits:
+    """Apply --max_eval_samples (seeded) to validation and test; shared by the in-memory and streaming paths."""
     valid = _sample(valid, cfg.max_eval_samples, cfg.seed)
     test = None if test is None else _sample(test, cfg.max_eval_samples, cfg.seed)
     return Splits(train=train, validation=valid, test=test, bad_rows=bad)
@@ -488,6 +718,6 @@ def evaluation_rows(cfg: YnatConfig, bad_rows: list[BadRow] | None = None) -> tu
     if cfg.data == EMBEDDED:
         return "embedded test", _sample(embedded_split("test"), cfg.max_eval_samples, cfg.seed)
     if cfg.data == HUB:
-        _, test = _hold_out(hub_split("validation", cfg), cfg.validation_size, cfg.seed)
+        _, test = _hold_out(hub_split("validation", cfg, bad_rows), cfg.validation_size, cfg.seed)
         return "klue/ynat test (notebook split)", _sample(test, cfg.max_eval_samples, cfg.seed)
     return cfg.data, _sample(read_rows(cfg.data, cfg, bad_rows=bad_rows), cfg.max_eval_samples, cfg.seed)

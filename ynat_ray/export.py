@@ -1,13 +1,14 @@
 """ONNX Runtime exports of a checkpoint (fp32 and dynamic int8) and the parity record that vouches for them.
 
 Why ONNX Runtime: on CPU, a YNAT title is ~20 tokens, so a forward pass is a few small matmuls and torch's
-per-op dispatch dominates; ORT runs the same graph several times faster, and int8 weights faster again.
+per-op overhead dominates. At batch 1 (a Serve replica's usual case) ORT ran ynat-tiny ~2.5x faster than
+torch in fp32 and ~3x with int8 weights; at batch 32 the gap narrows to int8's ~1.5x less CPU per title.
 Why a parity record (`parity.json`): a faster engine is only used where it was shown, on real validation
 rows and on this machine's kernels, to give the same answers; `inference.choose_backend` reads it.
 
 Files live where `checkpoint.export_cache_dir` says (beside the checkpoint, or a cache keyed by the weights'
-content hash). Every file is written to a temporary name and renamed into place, and exports of one
-directory are serialised by a lock file, because several Serve replicas may start on one checkpoint at once.
+content hash). Every file is written to a temporary name and renamed into place, and exports into one
+directory are serialised by a lock on it, because several Serve replicas may start on one checkpoint at once.
 """
 
 from __future__ import annotations
@@ -43,9 +44,10 @@ PARITY_BATCH = 64
 # The ISA flags that decide int8 kernels; recorded in parity.json so a record can be judged on another host.
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
 SETTINGS_KEYS = ("weight_type", "reduce_range", "per_channel", "op_types")  # what the int8 file depends on
-# Only the linear layers. Quantized embedding tables (ORT's default also takes Gather) are dequantized whole
-# by a DequantizeLinear on every run, to then gather ~20 rows: batch-1 throughput halved on ynat-tiny.
+# Only the linear layers. ORT's default also quantizes the embedding tables (Gather): no faster (a lookup
+# is not arithmetic), and it doubled the largest probability error on KLUE validation (0.082 vs 0.038).
 INT8_OP_TYPES = ("MatMul",)
+DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]  # see ort_session
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,12 +72,13 @@ def int8_settings(flags: frozenset[str] | set[str] | None = None) -> dict[str, A
     ORT's x86 U8S8 kernel (uint8 activations x int8 weights) on AVX2/AVX-512 without VNNI multiplies with
     VPMADDUBSW, which adds pairs of products into int16 and saturates; VNNI (VPDPBUSD) adds into int32.
     So: VNNI -> int8 weights at full range (exact, fastest). No VNNI -> int8 weights with reduce_range:
-    7-bit weights make a pair of products fit int16 (2 x 255 x 64 < 32767), so nothing saturates.
-    Measured (ynat-tiny, KLUE validation; no-VNNI run under `qemu-x86_64 -cpu Haswell`): full-range U8S8
-    moved from 99.60% to 99.33% label agreement without VNNI, while U8S8+reduce_range and U8U8 gave
-    bit-identical outputs with and without VNNI. The two are equally accurate (99.7-99.8% agreement,
-    macro-F1 within 0.0005 of fp32); U8S8+reduce_range was 10-20% faster than U8U8 at batch 1/8/32, so it
-    is the no-VNNI choice. Per-channel scales agreed no better. No /proc/cpuinfo (macOS): the no-VNNI choice.
+    7-bit weights keep a pair of products inside int16 (2 x 255 x 64 < 32767), so nothing saturates.
+    Measured on ynat-tiny and KLUE validation rows, the no-VNNI CPU emulated by `qemu-x86_64 -cpu Haswell`:
+    full-range U8S8 lost VNNI's exactness (largest probability error 0.038 -> 0.074, macro-F1 -0.002),
+    while U8S8 + reduce_range and U8U8 (uint8 weights) gave bit-identical outputs with and without VNNI.
+    Those two were equally accurate (99.8% label agreement with fp32, macro-F1 within 0.0005), and
+    U8S8 + reduce_range was the faster kernel (U8U8 used ~25-40% more CPU per title), so it is the no-VNNI
+    choice. Per-channel scales agreed no better. No /proc/cpuinfo (macOS): the no-VNNI choice, exact anywhere.
     """
     flags = cpu_flags() if flags is None else frozenset(flags)
     isa = {name: name in flags for name in ISA_FLAGS}
@@ -209,8 +212,8 @@ def quantize_int8(fp32_path: str, int8_path: str, settings: dict[str, Any]) -> s
 
     `quant_pre_process` first (symbolic shape inference and ORT's basic optimisations), as ORT advises;
     here it is required: `quantize_dynamic` on the dynamo graph as exported fails ONNX shape inference
-    ("Inferred shape and existing shape differ in dimension 0: (128) vs (7)"). After it, all 12 encoder
-    and 2 classifier linear layers become int8; the attention score products (activation x activation) stay fp32.
+    ("Inferred shape and existing shape differ in dimension 0: (128) vs (7)"). After it, every linear layer
+    of the encoder and the classification head is int8; attention's activation x activation products stay fp32.
     """
     from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
 
@@ -230,11 +233,15 @@ def quantize_int8(fp32_path: str, int8_path: str, settings: dict[str, Any]) -> s
 
 
 def ort_session(path: str, threads: int) -> Any:
-    """A CPU InferenceSession: `threads` intra-op threads, one inter-op thread, sequential, all graph optimisations.
+    """A CPU InferenceSession: `threads` intra-op threads, one inter-op thread, sequential, all graph optimisations
+    but one.
 
-    Spinning off: ORT's intra-op workers otherwise busy-wait after each run; with 2 replicas on a 2-core box
-    (or a replica beside the HTTP proxy) the spinning threads steal the cores the other work needs. Measured
-    cost on this model: none within noise at batch 8/32, a few % at batch 1 (see docs/serving.md).
+    SkipLayerNormFusion off: ORT 1.31's fused CPU SkipLayerNormalization kernel was slower than the
+    Add + LayerNormalization it replaces: with it off, CPU time per title fell 35% for int8 and 17% for fp32
+    on ynat-tiny (batch 32, 1 thread), 33% / 12% on ynat-small; outputs are unchanged (parity checks it).
+    Spinning off: idle intra-op workers otherwise busy-wait between runs, burning a whole core per thread
+    that another replica, the HTTP proxy or tokenization needs. With 2 threads it cost ~20% throughput at
+    batch 1 and none at batch 32, for about 35% less CPU per title. With threads=1 there is no pool to spin.
     """
     import onnxruntime as ort
 
@@ -245,7 +252,7 @@ def ort_session(path: str, threads: int) -> Any:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +271,8 @@ def check_parity(
 
     fp32 passes when no softmax probability differs from torch's by more than 1e-4. int8 passes when its
     labels agree with torch fp32 on >= 99% of rows and (with gold `labels`) its macro-F1 is at most 0.005
-    below fp32's. Only torch's own threads setting is left alone (this runs inside Serve replicas).
+    below fp32's. `threads` sizes the ORT sessions; torch's process-wide thread count is left alone, since
+    this runs inside Serve replicas that have set it already.
     """
     import onnxruntime as ort
     import torch

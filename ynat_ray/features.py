@@ -30,17 +30,22 @@ def tokenize_batch(batch: pd.DataFrame, tokenizer: Any, max_length: int) -> pa.T
 
 
 def to_token_dataset(
-    rows: pd.DataFrame, tokenizer: Any, max_length: int, *, materialize: bool, task_cpus: float = 1.0, blocks: int = 8
+    rows: pd.DataFrame | Any, tokenizer: Any, max_length: int, *, materialize: bool, task_cpus: float = 1.0, blocks: int = 8
 ) -> Any:
-    """A Ray Dataset of token ids built from validated rows (tokenized in Ray Data tasks).
+    """A Ray Dataset of token ids, tokenized in Ray Data tasks, from validated rows (title, label).
 
+    `rows` is a DataFrame (small splits; embedded/hub train) or a lazy Ray Dataset (a train split streamed
+    from files: read -> filter -> tokenize stays one lazy chain, so the driver never holds it).
     `task_cpus` must fit in the CPUs that Train workers leave free, or streaming stalls forever.
     """
     import ray
 
-    frame = rows[["title", "label"]].reset_index(drop=True)
-    step = max(1, -(-len(frame) // blocks))
-    ds = ray.data.from_pandas([frame.iloc[i : i + step] for i in range(0, max(len(frame), 1), step)])
+    if isinstance(rows, pd.DataFrame):
+        frame = rows[["title", "label"]].reset_index(drop=True)
+        step = max(1, -(-len(frame) // blocks))
+        ds = ray.data.from_pandas([frame.iloc[i : i + step] for i in range(0, max(len(frame), 1), step)])
+    else:
+        ds = rows
     ds = ds.map_batches(
         tokenize_batch,
         fn_kwargs={"tokenizer": tokenizer, "max_length": max_length},

@@ -256,9 +256,9 @@ def run_training(cfg: YnatConfig) -> TrainOutcome:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from ynat_ray.cluster import QUIET_WORKER_ENV, init_ray
-    from ynat_ray.data import load_splits, write_quarantine
+    from ynat_ray.data import TOKENIZER_ROWS, load_splits, write_quarantine
     from ynat_ray.features import to_token_dataset
-    from ynat_ray.modeling import load_tokenizer
+    from ynat_ray.modeling import is_preset, load_tokenizer
     from ynat_ray.resources import plan_workers
 
     init_ray(verbose=cfg.verbose)
@@ -268,22 +268,27 @@ def run_training(cfg: YnatConfig) -> TrainOutcome:
     storage = cfg.resolved_storage_path()
     artifacts = artifacts_dir_for(storage, run_name)
 
-    splits = load_splits(cfg)
+    plan = plan_workers(cfg.num_workers, ray.cluster_resources().get("CPU", 1.0), use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker)
+    # Training files stream through Ray Data (read + validate + split + tokenize in tasks); only validation,
+    # test and a preset's bounded tokenizer sample reach this process. embedded/hub stay in memory (small).
+    tokenizer_rows = TOKENIZER_ROWS if is_preset(cfg.model) else 0
+    splits = load_splits(cfg, stream=True, tokenizer_rows=tokenizer_rows, task_cpus=plan.data_task_cpus)
     if splits.bad_rows:
         path = cfg.quarantine_path or os.path.join(artifacts, "quarantine.jsonl")
         print(f"[ynat-ray] skipped {write_quarantine(splits.bad_rows, path)} malformed row(s); see {path}", flush=True)
+    streamed = f" (streamed by Ray Data from {len(splits.files)} file(s), {splits.input_rows} records)" if splits.streamed else ""
     print(
-        f"[ynat-ray] run {run_name}: {len(splits.train)} train / {len(splits.validation)} validation"
+        f"[ynat-ray] run {run_name}: {splits.train_rows} train{streamed} / {len(splits.validation)} validation"
         f"{f' / {len(splits.test)} test' if splits.test is not None else ''} rows, model {cfg.model}",
         flush=True,
     )
-    tokenizer = load_tokenizer(cfg.model, cfg.train_max_length, splits.train["title"], cfg.vocab_size)
-    materialize = cfg.materialize == "yes" or (cfg.materialize == "auto" and len(splits.train) < 1_000_000)
-    plan = plan_workers(cfg.num_workers, ray.cluster_resources().get("CPU", 1.0), use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker)
+    tokenizer = load_tokenizer(cfg.model, cfg.train_max_length, splits.tokenizer_texts(), cfg.vocab_size)
+    materialize = cfg.materialize == "yes" or (cfg.materialize == "auto" and splits.train_rows < 1_000_000)
     print(f"[ynat-ray] {cfg.num_workers} worker(s) x {plan.resources()}; {plan.data_reserve_cpus:g} CPU left for Ray Data", flush=True)
+    train_split = splits.train_stream if splits.streamed else splits.train  # never a DataFrame of streamed files
     datasets = {
         name: to_token_dataset(rows, tokenizer, cfg.train_max_length, materialize=materialize, task_cpus=plan.data_task_cpus)
-        for name, rows in (("train", splits.train), ("validation", splits.validation))
+        for name, rows in (("train", train_split), ("validation", splits.validation))
     }
     fail_at = os.environ.get(FAIL_AT_EPOCH_ENV)
 
@@ -292,7 +297,7 @@ def run_training(cfg: YnatConfig) -> TrainOutcome:
         train_loop_config={
             "config": cfg.to_dict(),
             "tokenizer": tokenizer,
-            "train_rows": len(splits.train),
+            "train_rows": splits.train_rows,
             "torch_threads": plan.torch_threads,
             "fail_at_epoch": int(fail_at) if fail_at else None,
         },

@@ -1,0 +1,304 @@
+"""YNAT files through Ray Data: one validated read task per file, for training and predict-batch alike.
+
+Why one reader: training and `predict-batch` accept the same files, so they must parse, validate, number
+and name rows the same way. Each read task runs `data.read_file_rows` (parse + validate + the id/guid rule +
+the file's own 1-based row numbers) on one file and yields Arrow rows; Ray Data splits each task's output
+into blocks, so one big file still spreads over downstream tasks and actors. Skipped rows and per-file
+record counts go to a 0-CPU `RowLedger` actor, which the driver asks afterwards; bad rows reach the one
+quarantine writer, `data.write_quarantine`.
+
+Training files never pass through the driver (`stream_file_splits`):
+  1. count pass: read + validate every file; per block, a 65,536-bucket histogram of the rows' (seed, guid)
+     hashes -> the driver sums the histograms (O(1) memory), the ledger gives records and bad rows.
+  2. collect pass (skipped when nothing is held out and nothing is capped): only rows whose hash bucket lies
+     below the hold-out / tokenizer-sample boundary, plus the rows of the one or two boundary buckets ->
+     a small DataFrame: the validation rows, a preset's tokenizer sample, and the exact thresholds.
+  3. the train split: a lazy read -> filter by hash range -> (`features.to_token_dataset`) tokenize chain
+     that Train workers consume while training, file by file, every epoch.
+The read and the filter ask the same CPUs as tokenization, so Ray Data fuses them into one task per file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+from ray.data import Datasource, ReadTask
+from ray.data.block import BlockMetadata
+
+from ynat_ray.config import YnatConfig
+from ynat_ray.data import (
+    BUCKETS,
+    BadRow,
+    DataValidationError,
+    HashOrder,
+    HashSplit,
+    Splits,
+    check_hold_out,
+    expand_paths,
+    hash_buckets,
+    plan_hash_split,
+    read_file_rows,
+    read_rows,
+    small_splits,
+    split_hashes,
+    split_ranks,
+)
+from ynat_ray.labels import ID2LABEL
+
+# A read task parses and validates one file: light work. A quarter CPU means predictor actors (batch) or
+# Train workers can never take every CPU and starve it (Ray Data then stalls without an error).
+READ_CPUS = 0.25
+# Columns a read task yields besides the text column (named as in the input, cfg.text_column).
+READER_COLUMNS = ("guid", "label", "gold", "source", "row")
+
+
+class RowLedger:
+    """Per input file: how many records it had and which were skipped. Runs as a 0-CPU actor.
+
+    Keyed by file, so a read task that Ray retries overwrites its own entry instead of counting twice.
+    """
+
+    def __init__(self) -> None:
+        self.files: dict[str, tuple[int, list[BadRow]]] = {}
+
+    def record(self, source: str, rows: int, bad: list[BadRow]) -> None:
+        self.files[source] = (rows, bad)
+
+    def totals(self) -> tuple[int, list[BadRow]]:
+        bad = [b for source in sorted(self.files) for b in self.files[source][1]]
+        return sum(rows for rows, _ in self.files.values()), bad
+
+
+def read_file(path: str, cfg: YnatConfig, ledger: Any = None, require_label: bool = False) -> Iterator[pa.Table]:
+    """Validate one file and yield its good rows: guid, <text column>, label, gold, source, row.
+
+    `label` is the int id (-1 without a label; training asks `require_label=True`, which makes a missing
+    label a bad row); `gold` is the topic name or null (predict-batch writes it next to its prediction).
+    """
+    import ray
+
+    clean, records, bad = read_file_rows(path, cfg, require_label=require_label)
+    if ledger is not None:
+        ray.get(ledger.record.remote(path, records, bad))
+    yield pa.table(
+        {
+            "guid": pa.array(clean["guid"].tolist(), pa.string()),
+            cfg.text_column: pa.array(clean["title"].tolist(), pa.string()),
+            "label": pa.array(clean["label"].to_numpy(dtype=np.int64)),
+            "gold": pa.array([ID2LABEL.get(int(i)) for i in clean["label"]], pa.string()),
+            "source": pa.array([path] * len(clean), pa.string()),
+            "row": pa.array(clean["row"].to_numpy(dtype=np.int64)),
+        }
+    )
+
+
+class YnatFilesDatasource(Datasource):
+    """One Ray Data read task per input file: `read_file` under `read_datasource`.
+
+    Why a Datasource rather than map_batches over a list of paths: a map task's output is buffered into
+    one block per task, and one block feeds one actor, so a single big file would run on one actor.
+    Read tasks get Ray Data's block splitting, which spreads each file's rows downstream.
+    """
+
+    def __init__(self, files: list[str], cfg: YnatConfig, ledger: Any = None, *, require_label: bool = False):
+        self.files, self.cfg, self.ledger, self.require_label = files, cfg, ledger, require_label
+
+    def get_name(self) -> str:
+        return "YnatFiles"
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None) -> list[ReadTask]:
+        return [
+            ReadTask(
+                functools.partial(read_file, path, self.cfg, self.ledger, self.require_label),
+                BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(path,)),
+                per_task_row_limit=per_task_row_limit,
+            )
+            for path in self.files
+        ]
+
+
+def read_dataset(files: list[str], cfg: YnatConfig, *, ledger: Any = None, require_label: bool = False, num_cpus: float = READ_CPUS) -> Any:
+    """The lazy Ray Dataset of validated rows from `files` (see `read_file` for the columns).
+
+    One output block per file (more only past Ray Data's block-size limit): without `override_num_blocks`
+    Ray Data cuts every file into ~200 / files blocks, and each block then costs a filter + tokenize task
+    (with the tokenizer to unpickle) -- on 2 CPUs that overhead halved training throughput. predict-batch
+    keeps the cutting (its blocks spread over actors; `batch.build_dataset`).
+    """
+    import ray
+
+    source = YnatFilesDatasource(files, cfg, ledger, require_label=require_label)
+    return ray.data.read_datasource(source, num_cpus=num_cpus, override_num_blocks=len(files))
+
+
+def unwrap_validation_error(err: BaseException) -> DataValidationError | None:
+    """The DataValidationError a read task raised, from inside Ray's task-error wrappers."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [err]
+    while stack:
+        cur = stack.pop()
+        if cur is None or id(cur) in seen:
+            continue
+        seen.add(id(cur))
+        if isinstance(cur, DataValidationError):
+            return cur
+        stack += [cur.__cause__, cur.__context__, getattr(cur, "cause", None)]
+    return None
+
+
+@contextlib.contextmanager
+def validation_errors() -> Iterator[None]:
+    """Re-raise a read task's DataValidationError as itself (file, row, field), not as Ray's wrapper."""
+    try:
+        yield
+    except Exception as err:
+        found = unwrap_validation_error(err)
+        if found is None:
+            raise
+        raise DataValidationError(found.source, found.row, found.field, found.reason) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Streaming training split
+
+
+def _bucket_counts(batch: pa.Table, seed: int) -> pa.Table:
+    """One block -> (bucket, rows) pairs of its guid hashes: all the driver needs to rank the corpus."""
+    buckets, rows = np.unique(hash_buckets(split_hashes(batch.column("guid").to_pylist(), seed)), return_counts=True)
+    return pa.table({"bucket": pa.array(buckets, pa.int64()), "rows": pa.array(rows, pa.int64())})
+
+
+def _rows_in_buckets(batch: pa.Table, seed: int, text_column: str, upto: int, extra: tuple[int, ...]) -> pa.Table:
+    """Rows whose hash bucket is <= upto or in `extra`, as canonical columns plus their hash."""
+    hashes = split_hashes(batch.column("guid").to_pylist(), seed)
+    buckets = hash_buckets(hashes)
+    keep = (buckets <= upto) | np.isin(buckets, np.asarray(extra, dtype=np.int64))
+    mask = pa.array(keep)
+    return pa.table(
+        {
+            "guid": batch.column("guid").filter(mask),
+            "title": batch.column(text_column).filter(mask),
+            "label": batch.column("label").filter(mask),
+            "source": batch.column("source").filter(mask),
+            "row": batch.column("row").filter(mask),
+            "hash": pa.array(hashes[keep], pa.uint64()),
+        }
+    )
+
+
+def _train_rows(batch: pa.Table, split: HashSplit, text_column: str) -> pa.Table:
+    """Keep a block's train rows (by hash range): title and label, what tokenization needs."""
+    mask = pa.array(split.train_mask(split_hashes(batch.column("guid").to_pylist(), split.seed)))
+    return pa.table({"title": batch.column(text_column).filter(mask), "label": batch.column("label").filter(mask)})
+
+
+def count_rows(files: list[str], cfg: YnatConfig, *, num_cpus: float = READ_CPUS) -> tuple[HashOrder, int, list[BadRow]]:
+    """Pass 1: read and validate every file in Ray Data tasks -> (hash histogram, records read, bad rows).
+
+    With --on_bad_rows error this is where a malformed row stops the run, before any model is built.
+    """
+    import ray
+
+    ledger = ray.remote(num_cpus=0)(RowLedger).remote()
+    try:
+        ds = read_dataset(files, cfg, ledger=ledger, require_label=True, num_cpus=num_cpus).map_batches(
+            _bucket_counts, fn_kwargs={"seed": cfg.seed}, batch_format="pyarrow", batch_size=None, num_cpus=num_cpus
+        )
+        counts = np.zeros(BUCKETS, dtype=np.int64)
+        with validation_errors():
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                np.add.at(counts, batch["bucket"], batch["rows"])
+        records, bad = ray.get(ledger.totals.remote())
+    finally:
+        ray.kill(ledger)
+    order = HashOrder(counts)
+    if order.total != records - len(bad):
+        raise RuntimeError(f"counted {order.total} good rows but the files have {records} records and {len(bad)} bad rows")
+    return order, records, bad
+
+
+def collect_rows(files: list[str], cfg: YnatConfig, upto: int, extra: tuple[int, ...], *, num_cpus: float = READ_CPUS) -> pd.DataFrame:
+    """Pass 2: the rows of hash buckets <= upto and of the `extra` buckets, in file order, with their hash.
+
+    Only these small sets reach the driver: the hold-out, a preset's tokenizer sample, and the one or two
+    buckets where a threshold falls (about rows / 65,536 rows each).
+    """
+    ds = read_dataset(files, cfg, require_label=True, num_cpus=num_cpus).map_batches(
+        _rows_in_buckets,
+        fn_kwargs={"seed": cfg.seed, "text_column": cfg.text_column, "upto": upto, "extra": extra},
+        batch_format="pyarrow",
+        batch_size=None,
+        num_cpus=num_cpus,
+    )
+    with validation_errors():
+        frame = ds.to_pandas()
+    if not len(frame):
+        return _no_rows()
+    position = {path: i for i, path in enumerate(files)}  # Ray Data may finish blocks out of order
+    frame = frame.assign(_file=frame["source"].map(position)).sort_values(["_file", "row"], kind="stable")
+    return frame.drop(columns="_file").reset_index(drop=True)
+
+
+def _no_rows() -> pd.DataFrame:
+    return pd.DataFrame(
+        {"guid": pd.Series([], dtype=object), "title": pd.Series([], dtype=object), "label": np.array([], np.int64),
+         "source": pd.Series([], dtype=object), "row": np.array([], np.int64), "hash": np.array([], np.uint64)}
+    )  # fmt: skip
+
+
+def stream_file_splits(cfg: YnatConfig, *, tokenizer_rows: int = 0, task_cpus: float = READ_CPUS) -> Splits:
+    """Train/validation/test for training files without pulling the train split to the driver.
+
+    Same rows as `load_splits(cfg)` in memory (same hash rule, same thresholds). The train split is a lazy
+    Dataset of title/label rows whose tasks ask `task_cpus` each (at most the CPUs Train workers leave free).
+    """
+    if cfg.text_column in READER_COLUMNS:
+        raise ValueError(f"--text_column {cfg.text_column!r} clashes with a column the reader adds ({', '.join(READER_COLUMNS)})")
+    files = expand_paths(cfg.data)
+    order, records, bad = count_rows(files, cfg)
+    hold_out = 0 if cfg.validation_data else cfg.validation_size
+    check_hold_out(hold_out, order.total)
+    ranks = split_ranks(hold_out, cfg.max_train_samples, tokenizer_rows)
+    # Rows needed in full: the hold-out (below the validation boundary) and the tokenizer sample (just above
+    # it; everything when the sample is all train rows). Hashes needed: the train-cap boundary bucket too.
+    upto = order.bucket_at(hold_out) if hold_out else -1
+    if tokenizer_rows:
+        upto = max(upto, BUCKETS - 1 if order.bucket_at(ranks["tokenizer"]) is None else order.bucket_at(ranks["tokenizer"]))
+    extra = tuple(b for b in [order.bucket_at(ranks["train"])] if b is not None) if "train" in ranks else ()
+    # Nothing held out, no cap, no tokenizer sample (--validation_data with a hub model): no second pass.
+    small = collect_rows(files, cfg, upto, extra) if upto >= 0 or extra else _no_rows()
+    hashes = small["hash"].to_numpy(dtype=np.uint64)
+    split, train_rows = plan_hash_split(order, hashes, cfg.seed, hold_out, cfg.max_train_samples)
+    if train_rows <= 0:
+        raise ValueError(f"no training rows left in {cfg.data} ({order.total} valid rows, {hold_out} held out)")
+
+    sample = None
+    if tokenizer_rows:
+        below = order.value_at(ranks["tokenizer"], hashes)
+        picked = split.train_mask(hashes)
+        if below is not None:
+            picked &= hashes < np.uint64(below)
+        sample = small.loc[picked, "title"].tolist()
+    if cfg.validation_data:
+        valid = read_rows(cfg.validation_data, cfg, bad_rows=bad)
+    else:
+        valid = small.loc[split.validation_mask(hashes), ["guid", "title", "label", "source", "row"]].reset_index(drop=True)
+        valid["label"] = valid["label"].astype("int64")
+    test = read_rows(cfg.test_data, cfg, bad_rows=bad) if cfg.test_data else None
+
+    train = read_dataset(files, cfg, require_label=True, num_cpus=task_cpus).map_batches(
+        _train_rows, fn_kwargs={"split": split, "text_column": cfg.text_column}, batch_format="pyarrow", batch_size=None, num_cpus=task_cpus
+    )
+    splits = small_splits(cfg, None, valid, test, bad)
+    splits.train_stream, splits.train_rows, splits.tokenizer_sample = train, train_rows, sample
+    splits.input_rows, splits.files = records, files
+    return splits
