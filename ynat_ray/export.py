@@ -118,17 +118,10 @@ def _atomic_path(final: str) -> Iterator[str]:
 
 
 def _load_classifier(checkpoint_dir: str) -> Any:
-    """The checkpoint's torch model in eval mode, without transformers' "Loading weights" bar in the log."""
-    from transformers import AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
+    """The checkpoint's torch model in eval mode (the project's one quiet loader)."""
+    from ynat_ray.modeling import load_classifier
 
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        return AutoModelForSequenceClassification.from_pretrained(checkpoint_dir, trust_remote_code=False).eval()
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()
+    return load_classifier(checkpoint_dir)
 
 
 @contextlib.contextmanager
