@@ -34,7 +34,7 @@ import pyarrow as pa
 from ynat_ray.config import YnatConfig
 from ynat_ray.data import BadRow, DataValidationError, expand_paths, write_quarantine
 from ynat_ray.labels import LABEL2ID
-from ynat_ray.rows import READ_CPUS, RowLedger, YnatFilesDatasource, read_file, unwrap_validation_error  # noqa: F401 - the one reader
+from ynat_ray.rows import READ_CPUS, RowLedger, YnatFilesDatasource, unwrap_validation_error  # the one reader
 
 # A write task encodes and uploads one output file (a read task, READ_CPUS, parses and validates one). Both
 # are light, and giving them a quarter CPU means predictor actors can never take every CPU and starve them
