@@ -2,7 +2,7 @@
 
 Why ONNX Runtime: on CPU, a YNAT title is ~20 tokens, so a forward pass is a few small matmuls and torch's
 per-op overhead dominates. At batch 1 (a Serve replica's usual case) ORT ran ynat-tiny ~2.5x faster than
-torch in fp32 and ~3x with int8 weights; at batch 32 the gap narrows to int8's ~1.5x less CPU per title.
+torch in fp32 and ~3x with int8 weights; at batch 32 the gap narrows to int8's ~1.4x less CPU per title.
 Why a parity record (`parity.json`): a faster engine is only used where it was shown, on real validation
 rows and on this machine's kernels, to give the same answers; `inference.choose_backend` reads it.
 
@@ -77,8 +77,9 @@ def int8_settings(flags: frozenset[str] | set[str] | None = None) -> dict[str, A
     full-range U8S8 lost VNNI's exactness (largest probability error 0.038 -> 0.074, macro-F1 -0.002),
     while U8S8 + reduce_range and U8U8 (uint8 weights) gave bit-identical outputs with and without VNNI.
     Those two were equally accurate (99.8% label agreement with fp32, macro-F1 within 0.0005), and
-    U8S8 + reduce_range was the faster kernel (U8U8 used ~25-40% more CPU per title), so it is the no-VNNI
-    choice. Per-channel scales agreed no better. No /proc/cpuinfo (macOS): the no-VNNI choice, exact anywhere.
+    U8S8 + reduce_range was the faster kernel (U8U8 took 20-50% more CPU per title at batch 8-32 here, and
+    60% longer under emulation), so it is the no-VNNI choice. Per-channel scales agreed no better.
+    No /proc/cpuinfo (macOS): the no-VNNI choice, which is exact on every kernel.
     """
     flags = cpu_flags() if flags is None else frozenset(flags)
     isa = {name: name in flags for name in ISA_FLAGS}
@@ -233,8 +234,9 @@ def ort_session(path: str, threads: int) -> Any:
     Add + LayerNormalization it replaces: with it off, CPU time per title fell 35% for int8 and 17% for fp32
     on ynat-tiny (batch 32, 1 thread), 33% / 12% on ynat-small; outputs are unchanged (parity checks it).
     Spinning off: idle intra-op workers otherwise busy-wait between runs, burning a whole core per thread
-    that another replica, the HTTP proxy or tokenization needs. With 2 threads it cost ~20% throughput at
-    batch 1 and none at batch 32, for about 35% less CPU per title. With threads=1 there is no pool to spin.
+    that another replica, the HTTP proxy or tokenization needs. With 2 threads, spinning bought ~20% more
+    titles/s at batch 1 and nothing measurable at batch 32, while holding both cores busy (2.0 vs 1.3 cores
+    at batch 1, ~15% more CPU per title). With threads=1 (Serve's default) there is no pool to spin.
     """
     import onnxruntime as ort
 
