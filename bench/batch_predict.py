@@ -187,7 +187,7 @@ def run_job(
         result["waited_for_quiet_s"] = waited
         if other <= MAX_FOREIGN_CORES:
             break
-        print(f"  job {plan} ({cluster} cluster): other processes used {other:.2f} cores (attempt {attempt}); running it again", flush=True)
+        print(f"  job {plan} ({cluster} cluster): other processes used {other:.2f} cores (attempt {attempt}){'; running it again' if attempt <= RETRIES else '; keeping it, flagged'}", flush=True)
     return result
 
 
@@ -288,7 +288,7 @@ def pipeline_run(pipe: Any, texts: list[str]) -> tuple[float, list[str], float]:
         other = foreign.stop()
         if other <= MAX_FOREIGN_CORES:
             break
-        print(f"  pipeline: other processes used {other:.2f} cores (attempt {attempt}); running it again", flush=True)
+        print(f"  pipeline: other processes used {other:.2f} cores (attempt {attempt}){'; running it again' if attempt <= RETRIES else '; keeping it, flagged'}", flush=True)
     return rate, [o["label"] for o in out], other
 
 

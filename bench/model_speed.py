@@ -182,7 +182,7 @@ def main() -> None:
                     result = speed(clf, titles, batch, args.seconds, args.warmup_s)
                     if result["other_cpu"] <= args.max_foreign_cores:
                         break
-                    print(f"  {name} {variant} batch {batch}: other processes used {result['other_cpu']:.2f} cores (attempt {attempt}); again", flush=True)
+                    print(f"  {name} {variant} batch {batch}: other processes used {result['other_cpu']:.2f} cores (attempt {attempt}){'; again' if attempt <= args.retries else '; keeping it, flagged'}", flush=True)
                 cells.append({"model": name, "variant": variant, "batch": batch, **{k: round(v, 2) for k, v in result.items()}})
                 print(f"  {name:<8} {variant:<10} batch {batch:>3}: {result['texts_per_s']:>8.1f} texts/s (cpu {result['cpu_util']:.2f}, other processes {result['other_cpu']:.2f})", flush=True)
             if not args.no_parity:

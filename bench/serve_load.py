@@ -357,7 +357,7 @@ def measure(
             other = foreign.stop()
             if other <= args.max_foreign_cores:
                 break
-            print(f"  {server} {texts} text(s)/req c{concurrency}: other processes used {other:.2f} cores (attempt {attempt}); measuring again", flush=True)
+            print(f"  {server} {texts} text(s)/req c{concurrency}: other processes used {other:.2f} cores (attempt {attempt}){'; measuring again' if attempt <= args.retries else '; keeping it, flagged'}", flush=True)
         if r["non_2xx"] + r["socket_errors"] > 0.01 * max(r["requests"], 1):
             raise RuntimeError(f"{server} {texts} text(s)/req c{concurrency}: {r['non_2xx']} non-2xx, {r['socket_errors']} socket errors of {r['requests']}")
         cpu["other_processes_cores"] = round(other, 3)
