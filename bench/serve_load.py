@@ -508,7 +508,7 @@ def serve_config(checkpoint: str, args: argparse.Namespace, port: int, ingress: 
     from ynat_ray.config import YnatConfig
 
     return YnatConfig(
-        checkpoint=checkpoint, host="127.0.0.1", port=port, min_replicas=1, max_replicas=1, replica_cpus=args.replica_cpus,
+        checkpoint=checkpoint, host="127.0.0.1", port=port, min_replicas=args.replicas, max_replicas=args.replicas, replica_cpus=args.replica_cpus,
         max_batch_size=max_batch_size, batch_wait_timeout_s=wait_s, http_ingress=ingress, backend=args.backend,
     )  # fmt: skip
 
@@ -650,7 +650,11 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=12.0, help="Measured seconds per cell (wrk rounds to whole seconds).")
     parser.add_argument("--warmup", type=float, default=3.0, help="Unmeasured warm-up seconds before each cell, same load.")
     parser.add_argument("--client", choices=["auto", "wrk", "httpx"], default="auto", help="Load generator; auto: wrk if installed, else httpx.")
-    parser.add_argument("--replica_cpus", type=float, default=2.0, help="CPUs of the one Serve replica (= its engine's intra-op threads).")
+    parser.add_argument("--replica_cpus", type=float, default=2.0, help="CPUs of each Serve replica (= its engine's intra-op threads).")
+    parser.add_argument(
+        "--replicas", type=int, default=1,
+        help="Serve replicas (min = max, autoscaling pinned). Each is one Python process; e.g. 2 x --replica_cpus 1 on 2 cores.",
+    )  # fmt: skip
     parser.add_argument("--max_batch_size", type=int, default=None, help="@serve.batch max_batch_size (default: YnatConfig's).")
     parser.add_argument("--batch_wait_timeout_s", type=float, default=None, help="@serve.batch batch_wait_timeout_s (default: YnatConfig's).")
     parser.add_argument(
@@ -756,7 +760,7 @@ def report(results: dict[str, Any]) -> None:
     """Print the settings, the table and the goals of one run's results (also used by --report)."""
     args = argparse.Namespace(**results["args"])
     cells = [Cell(**c) for c in results["cells"]]
-    print(f"\nload generator: {results['client']} (-t1, --latency); {args.duration:g} s per cell after {args.warmup:g} s warm-up; replica_cpus {args.replica_cpus:g}")
+    print(f"\nload generator: {results['client']} (-t1, --latency); {args.duration:g} s per cell after {args.warmup:g} s warm-up; {args.replicas} replica(s) x {args.replica_cpus:g} CPU")
     if not args.sweep:
         for name in results["models"]:
             size, wait = batch_settings(args, name)

@@ -139,4 +139,5 @@ def test_console_of_a_short_run_is_clean(tmp_path):
     assert sum("[ynat-ray] epoch 1/2:" in line for line in console) == 1, "worker lines must reach the console once"
     assert any("epoch 2/2" in line and "samples/s" in line and "step" in line for line in console), "a progress bar per epoch"
     assert not [line for line in console if "Starting execution of Dataset" in line], "Ray Data INFO is off without --verbose"
+    assert not [line for line in console if "Reporting training result" in line], "Ray Train's per-rank INFO is off without --verbose"
     assert any(line.startswith("checkpoint ") for line in console) and any("macro-F1" in line for line in console)

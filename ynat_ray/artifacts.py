@@ -89,3 +89,37 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], path: str, title: str
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_trials(table: Sequence[dict[str, Any]], curves: dict[str, Sequence[dict[str, Any]]], path: str, metric: str) -> None:
+    """A search at a glance: best validation macro-F1 against learning rate (one dot per trial, early stops hollow),
+    and every trial's learning curve, so a stopped trial shows where ASHA cut it."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_lr, ax_curve) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for row in table:
+        if row.get(metric) is None or row.get("learning_rate") is None:
+            continue
+        early = row.get("status", "").startswith("stopped")
+        ax_lr.scatter(row["learning_rate"], row[metric], s=40, facecolors="none" if early else "C0", edgecolors="C0")
+        tag = row["trial"].split("_")[-1]
+        ax_lr.annotate(tag, (row["learning_rate"], row[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax_lr.set_xscale("log")
+    ax_lr.set_xlabel("learning rate")
+    ax_lr.set_ylabel(f"best {metric}")
+    ax_lr.set_title("trials (hollow: stopped early by ASHA)")
+    for i, (name, history) in enumerate(sorted(curves.items())):
+        if history:
+            epochs, scores = [h["epoch"] for h in history], [h[metric] for h in history]
+            ax_curve.plot(epochs, scores, marker="o", ms=3, color=f"C{i % 10}", label=name.split("_")[-1])
+    ax_curve.set_xlabel("epoch")
+    ax_curve.set_ylabel(metric)
+    ax_curve.set_title("learning curves")
+    if curves:
+        ax_curve.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -64,6 +64,36 @@ def cmd_train(argv: list[str]) -> None:
     run_training(cfg)
 
 
+def cmd_tune(argv: list[str]) -> None:
+    from ynat_ray.tune import DEFAULT_SPACE, load_space, run_tune
+
+    parser = build_parser(
+        "Search training hyperparameters with Ray Tune (ASHA on validation macro-F1) over the same TorchTrainer loop. "
+        "Other options are fixed for every trial; writes results.csv, trials.png and best.yaml (for `train --config`)."
+    )
+    parser.add_argument("--space", default=DEFAULT_SPACE, help="YAML search space: YnatConfig keys, fixed or ranges.")
+    parser.add_argument("--num_samples", type=int, default=8, help="Trials to sample (with `grid` entries: samples per grid point).")
+    parser.add_argument("--max_concurrent_trials", type=int, default=None, help="Trials at once (default: what CPUs/GPUs hold).")
+    parser.add_argument("--grace_period", type=int, default=1, help="ASHA: epochs every trial runs before it can be stopped.")
+    parser.add_argument("--reduction_factor", type=int, default=2, help="ASHA: keep the best 1/N of trials at each rung.")
+    parser.add_argument("--trial_failures", type=int, default=1, help="Tune: times a failed trial is retried (workers: --max_failures).")
+    parser.add_argument("--out", default=None, help="Directory for results.csv, trials.png, best.yaml (default: the search's folder).")
+    pre, _ = parser.parse_known_args(argv)
+    space = load_space(pre.space)
+    given = {a.split("=")[0][2:] for a in argv if a.startswith("--")}
+    clash = sorted(given & set(space.searched))
+    if clash:
+        raise UsageError(f"--{clash[0]} is searched by {space.path}; fix it there or drop the flag")
+    parser.set_defaults(**space.fixed)
+    cfg, extra = parse_config(argv, parser)
+    if extra.num_samples < 1:
+        raise UsageError("--num_samples must be at least 1")
+    run_tune(
+        cfg, space, num_samples=extra.num_samples, max_concurrent_trials=extra.max_concurrent_trials, grace_period=extra.grace_period,
+        reduction_factor=extra.reduction_factor, trial_failures=extra.trial_failures, out_dir=extra.out,
+    )  # fmt: skip
+
+
 def cmd_evaluate(argv: list[str]) -> None:
     from ynat_ray.data import evaluation_rows, write_quarantine
     from ynat_ray.metrics import classification_metrics, format_report
@@ -112,6 +142,7 @@ def cmd_predict_batch(argv: list[str]) -> None:
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "train": (cmd_train, "fine-tune on Ray Train (default: offline preset on the embedded YNAT subsample)"),
+    "tune": (cmd_tune, "search training hyperparameters with Ray Tune (ASHA), write best.yaml"),
     "evaluate": (cmd_evaluate, "accuracy, macro-F1, per-class F1, confusion matrix of a checkpoint"),
     "predict": (cmd_predict, "classify titles given on the command line"),
     "serve": (cmd_serve, "serve a checkpoint with Ray Serve"),

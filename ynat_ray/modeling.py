@@ -34,6 +34,10 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+# Dropout of the presets (trained from scratch on ~10k titles, so they overfit fast): `ynat-ray tune`'s pick, docs/tuning.md.
+PRESET_DROPOUT = {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+
+
 class ModelLoadError(RuntimeError):
     """A model or tokenizer could not be loaded; the message says what to try instead."""
 
@@ -94,8 +98,16 @@ def load_tokenizer(model: str, max_length: int, train_texts: Iterable[str] | Non
     return tokenizer
 
 
-def build_model(model: str, tokenizer: Any, max_length: int, seed: int = 42) -> Any:
-    """A sequence classifier with 7 YNAT labels whose id2label/label2id travel with the checkpoint."""
+def build_model(
+    model: str, tokenizer: Any, max_length: int, seed: int = 42, hidden_dropout: float | None = None, attention_dropout: float | None = None
+) -> Any:
+    """A sequence classifier with 7 YNAT labels whose id2label/label2id travel with the checkpoint.
+
+    Dropouts left at None mean the preset's tuned values, or a pretrained model's own config; given ones override
+    a pretrained config too (`from_pretrained(..., hidden_dropout_prob=...)`), so a tuned value means the same for both.
+    """
+    given = {"hidden_dropout_prob": hidden_dropout, "attention_probs_dropout_prob": attention_dropout}
+    dropout = {k: v for k, v in given.items() if v is not None}
     import torch
     from transformers import AutoModelForSequenceClassification, RobertaConfig
 
@@ -116,6 +128,7 @@ def build_model(model: str, tokenizer: Any, max_length: int, seed: int = 42) -> 
             num_labels=NUM_LABELS,
             id2label=dict(ID2LABEL),
             label2id=dict(LABEL2ID),
+            **{**PRESET_DROPOUT, **dropout},
         )
         net = AutoModelForSequenceClassification.from_config(config)
     else:
@@ -126,6 +139,7 @@ def build_model(model: str, tokenizer: Any, max_length: int, seed: int = 42) -> 
                 id2label=dict(ID2LABEL),
                 label2id=dict(LABEL2ID),
                 trust_remote_code=False,
+                **dropout,
             )
         except Exception as err:  # noqa: BLE001
             raise ModelLoadError(load_advice(model, err)) from err

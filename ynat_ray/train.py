@@ -131,6 +131,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from ynat_ray.precision import autocast, resolve_precision
 
     cfg = YnatConfig.from_dict(loop_config["config"])
+    if not cfg.verbose:
+        quiet_report_logger()
     tokenizer = loop_config["tokenizer"]
     torch.set_num_threads(loop_config["torch_threads"])
     ctx = ray.train.get_context()
@@ -138,7 +140,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     precision = resolve_precision(cfg.precision, device.type)
 
-    model = ray.train.torch.prepare_model(build_model(cfg.model, tokenizer, cfg.train_max_length, seed=cfg.seed))
+    net = build_model(cfg.model, tokenizer, cfg.train_max_length, cfg.seed, cfg.hidden_dropout, cfg.attention_dropout)
+    model = ray.train.torch.prepare_model(net)
     core = model.module if hasattr(model, "module") else model
     optimizer = torch.optim.AdamW(param_groups(core, cfg.weight_decay), lr=cfg.learning_rate or default_learning_rate(cfg.model))
     steps_per_epoch = math.ceil(loop_config["train_rows"] // world / cfg.batch_size)
@@ -223,6 +226,21 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
+def quiet_report_logger() -> None:
+    """Silence Train V2's per-rank "Reporting training result ..." INFO line (--verbose keeps it).
+
+    Why here: Ray names that logger after its file (`logging.getLogger(__file__)`), so it sits outside the `ray`
+    logger tree that RAY_LOGGER_LEVEL and LoggingConfig set; it inherits the worker's root level (INFO).
+    """
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # a Ray without that module has moved the line elsewhere
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def _die_for_test(rank: int, epoch: int) -> None:
     """FAIL_AT_EPOCH_ENV hook: exit mid-epoch like a lost node, once the last checkpoint is committed."""
     import ray.train
@@ -249,26 +267,39 @@ def artifacts_dir_for(storage: str, run_name: str) -> str:
     return os.path.join(storage, run_name, "artifacts")
 
 
-def run_training(cfg: YnatConfig) -> TrainOutcome:
-    """Everything `ynat-ray train` does: data, tokenizer, TorchTrainer.fit, final evaluation, artifacts."""
-    import ray
-    import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+@dataclass
+class PreparedRun:
+    """What a TorchTrainer needs, built once on the driver (`ynat-ray train`) or in a Tune trial's driver."""
 
-    from ynat_ray.cluster import QUIET_WORKER_ENV, init_ray
+    run_name: str
+    storage: str
+    artifacts: str
+    splits: Any
+    tokenizer: Any
+    datasets: dict[str, Any]
+    plan: Any
+
+
+def prepare_run(cfg: YnatConfig, cluster_cpus: float | None = None) -> PreparedRun:
+    """Rows, tokenizer, Ray Data token datasets and the CPU plan for one training run.
+
+    `cluster_cpus` is the share of the cluster this run may plan with: all of it for `ynat-ray train`, a
+    trial's share under `ynat-ray tune`, so concurrent trials each keep their own Ray Data reserve.
+    """
+    import ray
+
     from ynat_ray.data import TOKENIZER_ROWS, load_splits, write_quarantine
     from ynat_ray.features import to_token_dataset
     from ynat_ray.modeling import is_preset, load_tokenizer
     from ynat_ray.resources import plan_workers
 
-    init_ray(verbose=cfg.verbose)
     # Our loop draws one progress bar per epoch; Ray Data's per-dataset bars would bury it.
     ray.data.DataContext.get_current().enable_progress_bars = False
     run_name = cfg.run_name or unique_run_name(cfg.model)
     storage = cfg.resolved_storage_path()
     artifacts = artifacts_dir_for(storage, run_name)
-
-    plan = plan_workers(cfg.num_workers, ray.cluster_resources().get("CPU", 1.0), use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker)
+    cpus = cluster_cpus if cluster_cpus is not None else ray.cluster_resources().get("CPU", 1.0)
+    plan = plan_workers(cfg.num_workers, cpus, use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker)
     # Training files stream through Ray Data (read + validate + split + tokenize in tasks); only validation,
     # test and a preset's bounded tokenizer sample reach this process. embedded/hub stay in memory (small).
     tokenizer_rows = TOKENIZER_ROWS if is_preset(cfg.model) else 0
@@ -290,22 +321,31 @@ def run_training(cfg: YnatConfig) -> TrainOutcome:
         name: to_token_dataset(rows, tokenizer, cfg.train_max_length, materialize=materialize, task_cpus=plan.data_task_cpus)
         for name, rows in (("train", train_split), ("validation", splits.validation))
     }
-    fail_at = os.environ.get(FAIL_AT_EPOCH_ENV)
+    return PreparedRun(run_name, storage, artifacts, splits, tokenizer, datasets, plan)
 
-    trainer = TorchTrainer(
+
+def make_trainer(cfg: YnatConfig, run: PreparedRun, callbacks: Iterable[Any] = ()) -> Any:
+    """The TorchTrainer of one run; `callbacks` is where Tune's TuneReportCallback plugs in."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from ynat_ray.cluster import QUIET_WORKER_ENV
+
+    fail_at = os.environ.get(FAIL_AT_EPOCH_ENV)
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "config": cfg.to_dict(),
-            "tokenizer": tokenizer,
-            "train_rows": splits.train_rows,
-            "torch_threads": plan.torch_threads,
+            "tokenizer": run.tokenizer,
+            "train_rows": run.splits.train_rows,
+            "torch_threads": run.plan.torch_threads,
             "fail_at_epoch": int(fail_at) if fail_at else None,
         },
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=plan.resources()),
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=run.plan.resources()),
         run_config=ray.train.RunConfig(
-            name=run_name,
-            storage_path=storage,
+            name=run.run_name,
+            storage_path=run.storage,
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.num_to_keep, checkpoint_score_attribute=SCORE_METRIC, checkpoint_score_order="max"
@@ -315,16 +355,25 @@ def run_training(cfg: YnatConfig) -> TrainOutcome:
             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **QUIET_WORKER_ENV}},
             # Worker-group start-up, "Reporting training result ..." and friends: INFO that --verbose brings back.
             logging_config=ray.train.LoggingConfig(log_level="INFO" if cfg.verbose else "WARNING"),
+            callbacks=list(callbacks),
         ),
-        datasets=datasets,
+        datasets=run.datasets,
         # Only the training set is sharded; rank 0 scores the whole validation set.
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
-    result = trainer.fit()
+
+
+def run_training(cfg: YnatConfig) -> TrainOutcome:
+    """Everything `ynat-ray train` does: data, tokenizer, TorchTrainer.fit, final evaluation, artifacts."""
+    from ynat_ray.cluster import init_ray
+
+    init_ray(verbose=cfg.verbose)
+    run = prepare_run(cfg)
+    result = make_trainer(cfg, run).fit()
     if result.error:
         raise result.error
     best = result.get_best_checkpoint(SCORE_METRIC, "max") or result.checkpoint
-    return finish_run(cfg, run_name, os.path.join(storage, run_name), best.path, splits, artifacts)
+    return finish_run(cfg, run.run_name, os.path.join(run.storage, run.run_name), best.path, run.splits, run.artifacts)
 
 
 def finish_run(cfg: YnatConfig, run_name: str, run_dir: str, best_path: str, splits: Any, artifacts: str) -> TrainOutcome:

@@ -1,0 +1,97 @@
+"""`ynat-ray tune`: the space file, trial concurrency, and a real 4-trial ASHA search on the session's 2-CPU cluster."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ynat_ray.config import UsageError, YnatConfig, build_parser, parse_config
+
+
+def _space(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "space.yaml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def test_shipped_space_loads_and_searches_the_recipe() -> None:
+    from ynat_ray.tune import DEFAULT_SPACE, load_space
+
+    space = load_space(DEFAULT_SPACE)
+    assert {"learning_rate", "batch_size", "epochs", "warmup_ratio", "weight_decay", "hidden_dropout", "attention_dropout"} <= set(
+        space.searched
+    )
+    assert space.searched["learning_rate"][0] == "loguniform"
+    assert space.max_epochs(YnatConfig()) == max(space.searched["epochs"][1])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("learning_rat: 0.1\n", "unknown option 'learning_rat'"),
+        ("learning_rate: {lognormal: [1, 2]}\n", "'learning_rate' must be a value or one of"),
+        ("learning_rate: {loguniform: [0, 1.0e-3]}\n", "positive low end"),
+        ("learning_rate: {uniform: [2, 1]}\n", "low < high"),
+        ("batch_size: {choice: []}\n", "needs a non-empty list"),
+        ("run_name: {choice: [a, b]}\n", "cannot be searched"),
+        ("epochs: [3\n", "not valid YAML"),
+    ],
+)
+def test_space_mistakes_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
+    from ynat_ray.tune import load_space
+
+    path = _space(tmp_path, text)
+    with pytest.raises(UsageError) as err:
+        load_space(path)
+    assert message in str(err.value) and path in str(err.value)
+
+
+def test_trial_concurrency_keeps_each_trials_ray_data_reserve() -> None:
+    from ynat_ray.tune import trial_concurrency
+
+    two_workers = YnatConfig(num_workers=2)
+    assert trial_concurrency(2, 0, two_workers, None) == 1  # a 2-CPU laptop: one trial at a time
+    assert trial_concurrency(16, 0, two_workers, None) == 5  # 3 CPUs per trial: 2 workers + Ray Data
+    assert trial_concurrency(16, 0, two_workers, 2) == 2
+    assert trial_concurrency(16, 4, YnatConfig(num_workers=2, use_gpu=True), None) == 2
+    with pytest.raises(UsageError, match="needs 2 GPU"):
+        trial_concurrency(16, 1, YnatConfig(num_workers=2, use_gpu=True), None)
+
+
+def test_four_trial_search_stops_one_early_and_writes_a_trainable_best_yaml(ray_session, tmp_path: Path, capsys) -> None:
+    """Grid of a working and a useless learning rate, two samples each, run one trial at a time (2 CPUs, 2 workers):
+    ASHA (grace 1 epoch, keep the best half) must stop the useless ones after their first epoch."""
+    from ynat_ray.tune import load_space, run_tune
+
+    space = load_space(
+        _space(
+            tmp_path,
+            "model: ynat-tiny\nmax_train_samples: 3000\nmax_eval_samples: 300\nbatch_size: 16\nmax_length: 32\nwarmup_ratio: 0.0\n"
+            "learning_rate: {grid: [1.0e-3, 1.0e-7]}\nepochs: {choice: [2]}\n",
+        )
+    )
+    cfg = YnatConfig(**space.fixed, storage_path=str(tmp_path / "runs"), num_workers=2)
+    outcome = run_tune(cfg, space, num_samples=2, out_dir=str(tmp_path / "out"))
+
+    assert len(outcome.table) == 4
+    statuses = [row["status"] for row in outcome.table]
+    assert "error" not in statuses, outcome.table
+    stopped = [row for row in outcome.table if row["status"].startswith("stopped early")]
+    assert stopped and all(row["learning_rate"] == 1e-7 and row["epochs_run"] == 1 for row in stopped), outcome.table
+    assert outcome.best["learning_rate"] == 1e-3 and outcome.best["epochs_run"] == 2
+
+    with open(outcome.csv_path, encoding="utf-8") as fh:
+        assert len(list(csv.DictReader(fh))) == 4
+    assert os.path.getsize(outcome.plot_path) > 10_000  # a real PNG with two panels
+    console = capsys.readouterr().out
+    assert "stopped early by ASHA after epoch 1" in console and "| trial |" in console
+
+    # best.yaml is a plain config that `ynat-ray train --config` takes as is.
+    best = yaml.safe_load(Path(outcome.best_yaml).read_text(encoding="utf-8"))
+    assert best["learning_rate"] == 1e-3 and best["epochs"] == 2 and best["max_train_samples"] == 3000
+    trained_cfg, _ = parse_config(["--config", outcome.best_yaml], build_parser())
+    assert trained_cfg.learning_rate == 1e-3 and trained_cfg.batch_size == 16 and trained_cfg.max_length == 32

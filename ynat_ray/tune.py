@@ -1,0 +1,348 @@
+"""`ynat-ray tune`: hyperparameter search with Ray Tune over the same training loop, in Ray Train V2's pattern.
+
+Shape (Ray's "Hyperparameter Tuning with Ray Tune" guide for Train V2):
+  Tuner(train_driver) -> each trial: YnatConfig(base + sampled values) -> `train.prepare_run` ->
+  `train.make_trainer(callbacks=[TuneReportCallback()])`.fit()
+  ASHAScheduler reads each epoch's validation macro-F1 (rank 0's report) and stops weak trials early.
+Not `Tuner(trainer)`: that V1 API is gone in Train V2; a trial is a small driver that builds its own trainer.
+
+The search space is a YnatConfig YAML file in which some values are ranges (see `load_space` and the shipped
+`ynat_ray/assets/tune_space.yaml`), so the winner is written back as a plain `best.yaml` that
+`ynat-ray train --config best.yaml` runs as is.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+import uuid
+from dataclasses import dataclass, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray.tune import Callback
+
+from ynat_ray.config import UsageError, YnatConfig
+
+DEFAULT_SPACE = str(Path(__file__).parent / "assets" / "tune_space.yaml")
+METRIC = "val_macro_f1"
+# A searched value is a one-key mapping: {loguniform: [lo, hi]}, {uniform: [lo, hi]}, {randint: [lo, hi)},
+# {choice: [a, b, ...]} or {grid: [a, b, ...]} (every value, times --num_samples).
+SPACE_KINDS = ("loguniform", "uniform", "randint", "choice", "grid")
+# What a trial's driver function holds: it only builds a TorchTrainer and waits (Tune refuses 0).
+TRIAL_DRIVER_CPUS = 0.05
+# Fields a search may not vary: they name the run or its storage, not the recipe.
+NOT_SEARCHABLE = {"run_name", "storage_path", "checkpoint", "push_to_hub", "verbose", "progress_bar", "use_gpu", "num_workers"}
+
+
+@dataclass
+class SearchSpace:
+    """A space file split into fixed YnatConfig values and searched ones (name -> (kind, arguments))."""
+
+    path: str
+    fixed: dict[str, Any]
+    searched: dict[str, tuple[str, list[Any]]]
+
+    def param_space(self) -> dict[str, Any]:
+        """Ray Tune domains for the searched fields."""
+        from ray import tune
+
+        make = {"loguniform": tune.loguniform, "uniform": tune.uniform, "randint": tune.randint}
+        space: dict[str, Any] = {}
+        for name, (kind, args) in self.searched.items():
+            if kind == "choice":
+                space[name] = tune.choice(args)
+            elif kind == "grid":
+                space[name] = tune.grid_search(args)
+            else:
+                space[name] = make[kind](*args)
+        return space
+
+    def max_epochs(self, base: YnatConfig) -> int:
+        """The longest trial, in epochs: ASHA's max_t."""
+        kind, args = self.searched.get("epochs", ("fixed", [base.epochs]))
+        return int(max(args) - 1 if kind == "randint" else max(args))
+
+
+def load_space(path: str) -> SearchSpace:
+    """Read and check a space file; every mistake names the file and the key."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"search space file {path} does not exist")
+    try:
+        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise UsageError(f"search space {path} is not valid YAML: {' '.join(str(err).split())}") from None
+    if not isinstance(values, dict):
+        raise UsageError(f"search space {path}: expected a mapping of option names to values or ranges")
+    known = {f.name for f in fields(YnatConfig)}
+    fixed: dict[str, Any] = {}
+    searched: dict[str, tuple[str, list[Any]]] = {}
+    for name, value in values.items():
+        if name not in known:
+            raise UsageError(f"search space {path}: unknown option {name!r}")
+        if not isinstance(value, dict):
+            fixed[name] = value
+            continue
+        if name in NOT_SEARCHABLE:
+            raise UsageError(f"search space {path}: {name!r} cannot be searched (it names the run, not the recipe)")
+        if len(value) != 1 or next(iter(value)) not in SPACE_KINDS:
+            raise UsageError(f"search space {path}: {name!r} must be a value or one of {{{' | '.join(SPACE_KINDS)}: [...]}}, got {value!r}")
+        kind, args = next(iter(value.items()))
+        if not isinstance(args, list) or not args:
+            raise UsageError(f"search space {path}: {name}.{kind} needs a non-empty list")
+        if kind in ("loguniform", "uniform", "randint"):
+            if len(args) != 2 or not all(isinstance(a, (int, float)) for a in args) or not args[0] < args[1]:
+                raise UsageError(f"search space {path}: {name}.{kind} needs [low, high] numbers with low < high, got {args!r}")
+            if kind == "loguniform" and args[0] <= 0:
+                raise UsageError(f"search space {path}: {name}.loguniform needs a positive low end, got {args[0]!r}")
+        searched[name] = (kind, list(args))
+    try:
+        YnatConfig.from_dict(fixed)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"search space {path}: {err}") from None
+    return SearchSpace(path, fixed, searched)
+
+
+def trial_concurrency(cluster_cpus: float, cluster_gpus: float, cfg: YnatConfig, requested: int | None) -> int:
+    """How many trials run at once: as many as the cluster holds with every trial's workers AND its Ray Data reserve.
+
+    A trial needs `num_workers` CPUs for its workers (at least 1 each, or `cpus_per_worker`) plus 1 for Ray Data
+    (`resources.plan_workers` keeps that reserve inside the trial's share), so a 2-CPU laptop runs one trial at a
+    time and never deadlocks; with GPUs, `num_workers` GPUs per trial.
+    """
+    per_trial = cfg.num_workers * max(1.0, cfg.cpus_per_worker or 1.0) + 1.0
+    most = max(1, int(cluster_cpus // per_trial))
+    if cfg.use_gpu:
+        most = min(most, int(cluster_gpus // cfg.num_workers))
+        if most < 1:
+            need = f"--use_gpu with {cfg.num_workers} worker(s) per trial needs {cfg.num_workers} GPU(s)"
+            raise UsageError(f"{need}; the cluster has {cluster_gpus:g}")
+    return min(most, requested) if requested else most
+
+
+def unique_tune_name(model: str) -> str:
+    """A fresh name per search (reusing one would make Tune restore the old experiment)."""
+    slug = model.rstrip("/").split("/")[-1].replace("_", "-")
+    return f"ynat-tune-{slug}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def trial_name(trial: Any) -> str:
+    """Stable per trial (Tune's trial id: experiment tag + index), so restores and logs line up."""
+    return f"trial-{trial.trial_id}"
+
+
+def train_driver(params: dict[str, Any], base: dict[str, Any], trial_cpus: float, train_storage: str, tune_name: str) -> None:
+    """One trial: the base config with this trial's sampled values, trained by a TorchTrainer that reports to Tune."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ynat_ray.train import make_trainer, prepare_run
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = YnatConfig.from_dict({**base, **params, "run_name": f"{tune_name}-{trial_id}", "storage_path": train_storage})
+    run = prepare_run(cfg, cluster_cpus=trial_cpus)
+    result = make_trainer(cfg, run, callbacks=[TuneReportCallback()]).fit()
+    if result.error:
+        raise result.error
+
+
+class TrialLines(Callback):
+    """Tune callback: one console line per trial epoch, and one when a trial ends (finished or stopped by ASHA)."""
+
+    def __init__(self, searched: list[str], epochs_of: Any) -> None:
+        self.searched, self.epochs_of = searched, epochs_of
+        self.started = time.perf_counter()
+
+    def _params(self, trial: Any) -> str:
+        return " ".join(f"{k}={_fmt(trial.config.get(k))}" for k in self.searched)
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        print(f"[ynat-ray] {trial_name(trial)} started: {self._params(trial)}", flush=True)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if METRIC in result:
+            print(
+                f"[ynat-ray] {trial_name(trial)} epoch {result.get('epoch')}/{self.epochs_of(trial)}: val macro-F1 "
+                f"{result[METRIC]:.4f} val_loss {result.get('val_loss', float('nan')):.4f} "
+                f"({time.perf_counter() - self.started:.0f} s into the search)",
+                flush=True,
+            )
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        done = (trial.last_result or {}).get("epoch", 0)
+        how = "finished" if done >= self.epochs_of(trial) else f"stopped early by ASHA after epoch {done}"
+        print(f"[ynat-ray] {trial_name(trial)} {how}", flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        print(f"[ynat-ray] {trial_name(trial)} failed (see {trial.local_path})", flush=True)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+@dataclass
+class TuneOutcome:
+    name: str
+    path: str
+    table: list[dict[str, Any]]
+    best: dict[str, Any]
+    best_yaml: str
+    csv_path: str
+    plot_path: str
+
+
+def run_tune(
+    cfg: YnatConfig,
+    space: SearchSpace,
+    *,
+    num_samples: int = 8,
+    max_concurrent_trials: int | None = None,
+    grace_period: int = 1,
+    reduction_factor: int = 2,
+    trial_failures: int = 1,
+    out_dir: str | None = None,
+) -> TuneOutcome:
+    """Run the search; write results.csv, trials.png and best.yaml; print the table."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from ynat_ray.cluster import init_ray
+
+    init_ray(verbose=cfg.verbose)
+    resources = ray.cluster_resources()
+    concurrency = trial_concurrency(resources.get("CPU", 1.0), resources.get("GPU", 0.0), cfg, max_concurrent_trials)
+    trial_cpus = resources.get("CPU", 1.0) / concurrency - TRIAL_DRIVER_CPUS
+    name = cfg.run_name or unique_tune_name(cfg.model)
+    storage = cfg.resolved_storage_path()
+    train_storage = f"{storage}/{name}/train_runs" if "://" in storage else os.path.join(storage, name, "train_runs")
+    base = cfg.to_dict() | {"progress_bar": False}  # concurrent trials' bars would interleave; each epoch prints a line
+    max_t = space.max_epochs(cfg)
+    print(
+        f"[ynat-ray] tune {name}: {num_samples} sample(s) of {len(space.searched)} searched option(s) from {space.path}; "
+        f"{concurrency} trial(s) at a time, {trial_cpus:g} CPU each; ASHA on {METRIC} (grace {grace_period} epoch(s), "
+        f"reduction {reduction_factor}, max {max_t} epochs)",
+        flush=True,
+    )
+
+    def epochs_of(trial: Any) -> int:
+        return int(trial.config.get("epochs", cfg.epochs))
+
+    trainable = tune.with_parameters(train_driver, base=base, trial_cpus=trial_cpus, train_storage=train_storage, tune_name=name)
+    # The trial driver only builds a TorchTrainer; the trainer's workers and Ray Data ask for their own CPUs (planned
+    # inside `trial_cpus`), so the driver holds a sliver (Tune refuses an empty request) and concurrency is explicit.
+    trainable = tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPUS})
+    asha = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=grace_period, reduction_factor=reduction_factor)
+    tuner = tune.Tuner(
+        trainable,
+        param_space=space.param_space(),
+        tune_config=tune.TuneConfig(
+            metric=METRIC,
+            mode="max",
+            scheduler=asha,
+            num_samples=num_samples,
+            max_concurrent_trials=concurrency,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=trial_failures),  # trial level; worker level: --max_failures
+            callbacks=[TrialLines(list(space.searched), epochs_of)],
+            verbose=0,
+        ),
+    )
+    started = time.perf_counter()
+    grid = tuner.fit()
+    print(f"[ynat-ray] search finished in {time.perf_counter() - started:.0f} s", flush=True)
+    return write_outcome(cfg, space, grid, name, os.path.join(storage, name) if "://" not in storage else f"{storage}/{name}", out_dir)
+
+
+def trial_table(grid: Any, searched: list[str], epochs_default: int) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
+    """One row per trial (best epoch by validation macro-F1) and each trial's per-epoch history."""
+    rows, curves = [], {}
+    for result in grid:
+        history = [] if result.metrics_dataframe is None else result.metrics_dataframe.to_dict("records")
+        history = [h for h in history if isinstance(h.get(METRIC), (int, float)) and not math.isnan(h[METRIC])]
+        name = f"trial-{result.metrics.get('trial_id', '?')}" if result.metrics else "trial-?"
+        config = result.config or {}
+        epochs = int(config.get("epochs", epochs_default))
+        best = max(history, key=lambda h: h[METRIC]) if history else {}
+        curves[name] = history
+        rows.append(
+            {
+                "trial": name,
+                **{k: config.get(k) for k in searched},
+                "epochs_run": len(history),
+                "status": "error" if result.error else ("finished" if len(history) >= epochs else "stopped early (ASHA)"),
+                "best_epoch": best.get("epoch"),
+                METRIC: best.get(METRIC),
+                "val_accuracy": best.get("val_accuracy"),
+                "val_loss": best.get("val_loss"),
+                "time_s": round(sum(h.get("epoch_time_s", 0.0) for h in history), 1),
+            }
+        )
+    rows.sort(key=lambda r: -1.0 if r[METRIC] is None else r[METRIC], reverse=True)
+    return rows, curves
+
+
+def write_outcome(cfg: YnatConfig, space: SearchSpace, grid: Any, name: str, path: str, out_dir: str | None) -> TuneOutcome:
+    """results.csv, trials.png and best.yaml in `out_dir` (default: the search's folder), and the printed table."""
+    from ynat_ray.artifacts import plot_trials
+
+    searched = list(space.searched)
+    table, curves = trial_table(grid, searched, cfg.epochs)
+    out = out_dir or (path if "://" not in path else os.path.abspath(os.path.join("ynat_ray_artifacts", name)))
+    os.makedirs(out, exist_ok=True)
+    csv_path = os.path.join(out, "results.csv")
+    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(table[0]) if table else ["trial"])
+        writer.writeheader()
+        writer.writerows(table)
+    plot_path = os.path.join(out, "trials.png")
+    plot_trials(table, curves, plot_path, METRIC)
+    scored = [r for r in table if r[METRIC] is not None]
+    if not scored:
+        raise RuntimeError(f"no trial of {name} reported {METRIC}; see the trial logs under {path}")
+    best = scored[0]
+    best_yaml = os.path.join(out, "best.yaml")
+    write_best_yaml(best_yaml, space, best, name)
+    print(format_table(table, searched))
+    print(f"[ynat-ray] best {best['trial']}: {METRIC} {best[METRIC]:.4f} at epoch {best['best_epoch']}")
+    print(f"[ynat-ray] wrote {csv_path}, {plot_path} and {best_yaml}  (ynat-ray train --config {best_yaml})", flush=True)
+    return TuneOutcome(name, path, table, best, best_yaml, csv_path, plot_path)
+
+
+def write_best_yaml(path: str, space: SearchSpace, best: dict[str, Any], name: str) -> None:
+    """The space's fixed values plus the winner's searched ones: a plain YnatConfig file for `ynat-ray train --config`."""
+    values = dict(space.fixed)
+    for key in space.searched:
+        value = best[key]
+        values[key] = float(f"{value:.4g}") if isinstance(value, float) else value
+    YnatConfig.from_dict(values)  # what train will accept
+    header = (
+        f"# Best trial of `ynat-ray tune` run {name} ({best['trial']}): validation macro-F1 {best[METRIC]:.4f} "
+        f"at epoch {best['best_epoch']}.\n# Search space: {space.path}\n"
+    )
+    Path(path).write_text(header + yaml.safe_dump(values, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
+def format_table(table: list[dict[str, Any]], searched: list[str]) -> str:
+    """The results as a Markdown table (what docs/tuning.md quotes)."""
+    cols = ["trial", *searched, "epochs_run", "status", "best_epoch", METRIC, "val_loss", "time_s"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in table:
+        cells = []
+        for col in cols:
+            value = row.get(col)
+            cells.append("-" if value is None else (f"{value:.4f}" if col in (METRIC, "val_loss") else _fmt(value)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
