@@ -25,16 +25,19 @@ annotations at runtime, and string annotations turn the JSON body into a query p
 """
 
 import asyncio
+import html
 import logging
 import math
 import os
 import time
+from collections.abc import Sequence
+from importlib import resources
 from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator
 from ray import serve
 from ray.serve.config import BackpressureConfig
@@ -237,6 +240,29 @@ async def logits_isolated(logits: Any, texts: list[str], executor: Any) -> list[
         return out
 
 
+# ---- the demo page (GET /demo) ---------------------------------------------------------------------
+DEMO_TOPICS_SLOT = "__YNAT_TOPICS__"
+# The page must work offline and behind a firewall, so it loads nothing from anywhere: everything is inline, and
+# this policy makes the browser enforce it (a stray CDN link would be blocked, not silently fetched). It may
+# call its own origin only, which is where `predict` lives whatever the route prefix.
+DEMO_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'none'"
+)
+
+
+def demo_page(labels: Sequence[str]) -> str:
+    """The /demo HTML with the model's topics filled in.
+
+    Read through importlib.resources rather than a path built from `__file__`: the replica may run from an
+    installed wheel or a cluster's unpacked working dir, not from the directory this driver imported.
+    """
+    page = (resources.files("ynat_ray") / "assets" / "demo.html").read_text(encoding="utf-8")  # in the wheel via package-data
+    if DEMO_TOPICS_SLOT not in page:
+        raise RuntimeError(f"ynat_ray/assets/demo.html has no {DEMO_TOPICS_SLOT} slot for the topics")
+    return page.replace(DEMO_TOPICS_SLOT, html.escape(" · ".join(labels)))
+
+
 # ---- the deployment (everything it uses is defined above: Serve pickles the class by value while this
 # module is still being imported, so names defined below it would be missing in the replica)
 @serve.deployment(name="YnatClassifier")
@@ -274,6 +300,7 @@ class YnatServer:
             "version": __version__,
             **engine,
         }
+        self.demo_html = demo_page(self.clf.labels)  # read once per replica: a missing asset fails start-up, not a visitor
         print(f"[ynat-ray] replica ready: {engine['backend']} ({engine['backend_reason']}), {engine['threads']} thread(s)", flush=True)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -356,6 +383,11 @@ class YnatServer:
     async def readyz(self) -> JSONResponse:
         """Readiness: a replica answers only once its constructor loaded the model, so reaching it means ready."""
         return JSONResponse({"ready": True, "model_id": self.description["model_id"], "backend": self.description["backend"]})
+
+    @api.get("/demo", response_class=HTMLResponse)
+    async def demo(self) -> HTMLResponse:
+        """A one-page browser demo: type or pick a headline, see the seven topics' scores as bars (calls POST predict)."""
+        return HTMLResponse(self.demo_html, headers={"Content-Security-Policy": DEMO_CSP})
 
     @api.get("/")
     @api.get("/info")
