@@ -11,6 +11,8 @@ on this module alone; CI uses the `checkpoint_dir` fixture).
 import asyncio
 import json
 import os
+import re
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -188,6 +190,113 @@ def test_huggingface_inference_client(server: Server, titles: list[str], pipe, m
     assert_same([{"label": o.label, "score": o.score} for o in out], pipe(titles[6])[0])
     top1 = client.text_classification(titles[6], top_k=1)
     assert len(top1) == 1 and top1[0].label == out[0].label
+
+
+# ---- the demo page (/demo) -------------------------------------------------------------------------
+# An attribute that loads something from another host: src=/href=/action= with http(s):// or a protocol-relative //.
+OFF_HOST = re.compile(r"""\b(?:src|href|action|srcset)\s*=\s*["']?\s*(?:[a-z][a-z0-9+.-]*:)?//""", re.IGNORECASE)
+
+
+def test_demo_page_is_self_contained_html(server: Server) -> None:
+    """GET /demo: one HTML page that loads nothing from anywhere (no CDN, font or script URL), in Korean."""
+    resp = httpx.get(f"{server.url}/demo", timeout=30)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"].startswith("text/html")
+    page = resp.text
+    assert not OFF_HOST.findall(page), OFF_HOST.findall(page)
+    assert "http://" not in page and "https://" not in page and "@import" not in page
+    assert '<meta charset="utf-8">' in page and '<html lang="ko">' in page and '"Noto Sans CJK KR"' in page
+    assert all(label in page for label in LABELS)  # the model's topics, filled in by the server
+    for element_id in ("text", "submit", "examples", "results", "error"):
+        assert f'id="{element_id}"' in page
+    assert '"predict"' in page and '"/predict"' not in page  # relative: works under any route prefix
+    assert "default-src 'none'" in resp.headers["content-security-policy"]  # the browser enforces "nothing external"
+
+
+def _chrome(tmp_path: Any) -> Any:
+    """Debian's chromium through Debian's chromedriver, headless; Selenium Manager is never asked to download anything.
+
+    Missing browser or driver is a failure, not a skip (CI installs them: .ci/run), unless YNAT_SKIP_BROWSER=1.
+    """
+    if os.environ.get("YNAT_SKIP_BROWSER") == "1":
+        pytest.skip("YNAT_SKIP_BROWSER=1")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.fail(
+            "the /demo browser test needs chromium and chromedriver: "
+            "apt-get install chromium chromium-driver fonts-noto-cjk (or set YNAT_SKIP_BROWSER=1)"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in (
+        "--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--lang=ko-KR", "--window-size=1000,800",
+        "--no-proxy-server", f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):  # fmt: skip
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=Service(executable_path=driver), options=options)
+
+
+def test_demo_page_in_a_headless_browser(server: Server, titles: list[str], tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Type a real headline, click, see 7 bars best first with the API's top label; then the server's 422 on an empty box.
+
+    A screenshot of the answered page goes to pytest's tmp dir, and also to $YNAT_DEMO_SCREENSHOT if set
+    (that is how docs/demo.png is made).
+    """
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    monkeypatch.setenv("SE_OFFLINE", "true")  # belt and braces: Selenium Manager must not reach the network
+    text = titles[1]
+    api = post(server.url, {"inputs": text, "parameters": {"top_k": 7}})
+    assert api.status_code == 200, api.text
+    want = {p["label"]: p["score"] for p in api.json()[0]}
+    api_top = api.json()[0][0]["label"]
+
+    browser = _chrome(tmp_path)
+    try:
+        browser.get(f"{server.url}/demo")
+        examples = browser.find_elements(By.CSS_SELECTOR, "#examples button")
+        assert len(examples) == 3 and all(e.text.strip() for e in examples)
+        box = browser.find_element(By.ID, "text")
+        examples[2].click()  # an example fills the box
+        assert box.get_attribute("value") == examples[2].text.strip()
+
+        box.clear()
+        box.send_keys(text)
+        browser.find_element(By.ID, "submit").click()
+        WebDriverWait(browser, 30).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#results .bar")) == len(LABELS))
+        bars = browser.find_elements(By.CSS_SELECTOR, "#results .bar")
+        labels = [bar.find_element(By.CSS_SELECTOR, ".label").text for bar in bars]
+        scores = [float(bar.get_attribute("data-score")) for bar in bars]
+        shown = [float(bar.find_element(By.CSS_SELECTOR, ".score").text.rstrip("%")) for bar in bars]
+        assert labels[0] == api_top
+        assert set(labels) == set(LABELS) and len(labels) == len(LABELS)
+        assert scores == sorted(scores, reverse=True) and shown == sorted(shown, reverse=True)
+        np.testing.assert_allclose(shown, [100 * want[label] for label in labels], atol=0.051)  # the API's scores, 1 decimal
+        assert not browser.find_element(By.ID, "error").is_displayed()
+        problems = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not problems, problems  # e.g. something the page tried to load and the CSP blocked
+
+        shot = tmp_path / "demo.png"
+        assert browser.save_screenshot(str(shot))
+        if os.environ.get("YNAT_DEMO_SCREENSHOT"):
+            shutil.copyfile(shot, os.environ["YNAT_DEMO_SCREENSHOT"])
+
+        box.clear()  # no client-side check: the server's own 422 message must reach the page
+        browser.find_element(By.ID, "submit").click()
+        error = browser.find_element(By.ID, "error")
+        WebDriverWait(browser, 30).until(lambda _: error.is_displayed() and error.text.strip())
+        api_error = post(server.url, {"inputs": "", "parameters": {"top_k": 7}}).json()["error"]
+        assert api_error and api_error in error.text, (api_error, error.text)
+        assert not browser.find_elements(By.CSS_SELECTOR, "#results .bar")
+    finally:
+        browser.save_screenshot(str(tmp_path / "demo-last.png"))  # the last state, for a failure's post-mortem
+        browser.quit()
 
 
 # ---- bad input ------------------------------------------------------------------------------------
