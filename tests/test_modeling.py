@@ -88,3 +88,30 @@ def test_config_file_and_flags_share_one_object(tmp_path):
     assert YnatConfig(storage_path="s3://bucket/runs").resolved_storage_path() == "s3://bucket/runs"
     helps = [a.help for a in build_parser()._actions if a.dest != "help"]
     assert all(helps), "every option has help text"
+
+
+def test_token_dropout_masks_only_real_tokens_and_only_in_training_batches(tokenizer):
+    import numpy as np
+
+    from ynat_ray.train import PadCollate
+
+    titles = embedded_split("train")["title"].head(64).tolist()
+    batch = {"input_ids": np.array([np.array(tokenizer(t)["input_ids"]) for t in titles], dtype=object), "labels": np.zeros(64)}
+    plain = PadCollate(tokenizer)(batch)
+    dropped = PadCollate(tokenizer, token_dropout=0.3, seed=7)(batch)
+    again = PadCollate(tokenizer, token_dropout=0.3, seed=7)(batch)
+    assert torch.equal(dropped["input_ids"], again["input_ids"]), "seeded: the same masks for the same seed"
+    changed = dropped["input_ids"] != plain["input_ids"]
+    assert (dropped["input_ids"][changed] == tokenizer.mask_token_id).all()
+    special = torch.isin(plain["input_ids"], torch.tensor(tokenizer.all_special_ids))
+    assert not (changed & special).any(), "[CLS], [SEP] and padding are never masked"
+    assert torch.equal(dropped["attention_mask"], plain["attention_mask"])
+    real = (~special).sum().item()
+    assert 0.2 * real < changed.sum().item() < 0.4 * real
+
+
+def test_recipes_fill_only_what_the_user_left_open():
+    tiny = YnatConfig(epochs=2).with_recipe()
+    assert tiny.epochs == 2 and tiny.learning_rate > 1e-4 and tiny.hidden_dropout is not None
+    roberta = YnatConfig(model="klue/roberta-base").with_recipe()
+    assert roberta.learning_rate == 5e-5 and roberta.hidden_dropout is None and roberta.token_dropout == 0.0

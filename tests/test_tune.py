@@ -75,7 +75,7 @@ def test_four_trial_search_stops_one_early_and_writes_a_trainable_best_yaml(ray_
         )
     )
     cfg = YnatConfig(**space.fixed, storage_path=str(tmp_path / "runs"), num_workers=2)
-    outcome = run_tune(cfg, space, num_samples=2, out_dir=str(tmp_path / "out"))
+    outcome = run_tune(cfg, space, num_samples=2, grace_period=1, out_dir=str(tmp_path / "out"))
 
     assert len(outcome.table) == 4
     statuses = [row["status"] for row in outcome.table]

@@ -74,7 +74,7 @@ def cmd_tune(argv: list[str]) -> None:
     parser.add_argument("--space", default=DEFAULT_SPACE, help="YAML search space: YnatConfig keys, fixed or ranges.")
     parser.add_argument("--num_samples", type=int, default=8, help="Trials to sample (with `grid` entries: samples per grid point).")
     parser.add_argument("--max_concurrent_trials", type=int, default=None, help="Trials at once (default: what CPUs/GPUs hold).")
-    parser.add_argument("--grace_period", type=int, default=1, help="ASHA: epochs every trial runs before it can be stopped.")
+    parser.add_argument("--grace_period", type=int, default=2, help="ASHA: epochs every trial runs before it can be stopped.")
     parser.add_argument("--reduction_factor", type=int, default=2, help="ASHA: keep the best 1/N of trials at each rung.")
     parser.add_argument("--trial_failures", type=int, default=1, help="Tune: times a failed trial is retried (workers: --max_failures).")
     parser.add_argument("--out", default=None, help="Directory for results.csv, trials.png, best.yaml (default: the search's folder).")

@@ -63,7 +63,7 @@ class YnatConfig:
     # ---- model ------------------------------------------------------------------------------
     model: str = _help(
         "A hub id (e.g. klue/roberta-base), a local HF model directory, or an offline preset: "
-        "'ynat-tiny' (default, trains in minutes on a laptop) or 'ynat-small' (6 layers x 384).",
+        "'ynat-tiny' (default, 2 layers x 128, trains in minutes on a laptop), 'ynat-mini' (2 x 256) or 'ynat-small' (6 x 384).",
         default="ynat-tiny",
     )
     max_length: int | None = _help(
@@ -72,7 +72,7 @@ class YnatConfig:
         "a larger one is capped at the trained length.",
         default=None,
     )
-    vocab_size: int = _help("WordPiece vocabulary size for the offline presets.", default=8000)
+    vocab_size: int = _help("WordPiece vocabulary size for the offline presets (4000: tuned, docs/tuning.md).", default=4000)
     hidden_dropout: float | None = _help(
         "Dropout on hidden states and the classifier head (HF hidden_dropout_prob). Default: the tuned value for presets "
         "(docs/tuning.md), the model's own config for pretrained models.",
@@ -94,15 +94,27 @@ class YnatConfig:
         "Tokenize the whole dataset before training ('auto': when it has under 1M rows) instead of streaming.",
         default="auto",
     )
-    epochs: int = _help("Training epochs (the tiny preset needs ~5; klue/roberta-base 1-3).", default=5)
-    batch_size: int = _help("Per-worker training batch size.", default=32)
+    epochs: int | None = _help("Training epochs. Default: the model's recipe (presets 5, pretrained models 3).", default=None)
+    batch_size: int | None = _help("Per-worker training batch size. Default: the recipe's (presets 64, pretrained 32).", default=None)
     eval_batch_size: int = _help("Batch size for evaluation and prediction.", default=128)
     learning_rate: float | None = _help(
-        "Peak AdamW learning rate. Default: 5e-5 for pretrained models, 1e-3 for presets trained from scratch.",
+        "Peak AdamW learning rate. Default: the recipe's, 1.73e-3 for presets trained from scratch (tuned, docs/tuning.md), "
+        "5e-5 for pretrained models.",
         default=None,
     )
-    weight_decay: float = _help("AdamW weight decay (never applied to biases or LayerNorm).", default=0.01)
-    warmup_ratio: float = _help("Fraction of steps for linear warmup, then linear decay to 0.", default=0.1)
+    token_dropout: float | None = _help(
+        "Training only: replace this fraction of each title's tokens with [MASK] (a regulariser). Default: the recipe's "
+        "(presets: tuned, docs/tuning.md; pretrained models 0).",
+        default=None,
+    )
+    weight_decay: float | None = _help(
+        "AdamW weight decay (never applied to biases or LayerNorm). Default: the recipe's (presets 1.4e-3, pretrained 0.01).",
+        default=None,
+    )
+    warmup_ratio: float | None = _help(
+        "Fraction of steps for linear warmup, then linear decay to 0. Default: the recipe's (presets 0.176, pretrained 0.1).",
+        default=None,
+    )
     max_grad_norm: float = _help("Gradient clipping norm.", default=1.0)
     precision: Literal["auto", "fp32", "bf16"] = _help(
         "'auto': bf16 autocast on GPUs that support it and on CPUs with AMX/AVX512-BF16, else fp32.",
@@ -188,6 +200,17 @@ class YnatConfig:
         from ynat_ray.checkpoint import DEFAULT_MAX_LENGTH
 
         return self.max_length or DEFAULT_MAX_LENGTH
+
+    def with_recipe(self) -> YnatConfig:
+        """A copy whose training-recipe fields left at None (learning rate, epochs, batch size, warmup, weight decay,
+        dropouts) hold the model's recipe (`modeling.recipe_for`): tuned values for the offline presets, the usual
+        fine-tuning ones for pretrained models. Training resolves once, at the start of a run or trial."""
+        from dataclasses import replace
+
+        from ynat_ray.modeling import RECIPE_FIELDS, recipe_for
+
+        recipe = recipe_for(self.model)
+        return replace(self, **{k: getattr(recipe, k) for k in RECIPE_FIELDS if getattr(self, k) is None})
 
     def resolved_storage_path(self) -> str:
         """Ray needs an absolute path or a URI; expand ~ and relative paths here, once."""

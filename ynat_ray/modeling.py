@@ -30,12 +30,40 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "ynat-tiny": Preset(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512),
+    "ynat-mini": Preset(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024),
     "ynat-small": Preset(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=1536),
 }
 
 
-# Dropout of the presets (trained from scratch on ~10k titles, so they overfit fast): `ynat-ray tune`'s pick, docs/tuning.md.
-PRESET_DROPOUT = {"hidden_dropout_prob": 0.1, "attention_probs_dropout_prob": 0.1}
+@dataclass(frozen=True)
+class Recipe:
+    """Training defaults for a kind of model; a YnatConfig field left at None takes its value from here.
+
+    Why two: a preset is trained from scratch on ~10k titles (a large learning rate, and it overfits fast, so
+    strong dropout), while a pretrained encoder is fine-tuned (the usual BERT/RoBERTa recipe, its own dropout).
+    """
+
+    learning_rate: float
+    epochs: int
+    batch_size: int
+    warmup_ratio: float
+    weight_decay: float
+    hidden_dropout: float | None  # None: the pretrained config's own
+    attention_dropout: float | None
+    token_dropout: float
+
+
+# The offline presets' recipe: `ynat-ray tune`'s pick on the embedded validation rows (docs/tuning.md).
+PRESET_RECIPE = Recipe(learning_rate=2.07e-3, epochs=5, batch_size=64, warmup_ratio=0.186, weight_decay=0.026,
+                       hidden_dropout=0.179, attention_dropout=0.118, token_dropout=0.072)  # fmt: skip
+PRETRAINED_RECIPE = Recipe(learning_rate=5e-5, epochs=3, batch_size=32, warmup_ratio=0.1, weight_decay=0.01,
+                           hidden_dropout=None, attention_dropout=None, token_dropout=0.0)  # fmt: skip
+RECIPE_FIELDS = tuple(Recipe.__dataclass_fields__)
+
+
+def recipe_for(model: str) -> Recipe:
+    """The training defaults for `model`: the tuned preset recipe, or the usual fine-tuning one."""
+    return PRESET_RECIPE if is_preset(model) else PRETRAINED_RECIPE
 
 
 class ModelLoadError(RuntimeError):
@@ -48,7 +76,7 @@ def is_preset(name: str) -> bool:
 
 def default_learning_rate(model: str) -> float:
     """Fine-tuning a pretrained encoder wants a small LR; a from-scratch preset a larger one."""
-    return 1e-3 if is_preset(model) else 5e-5
+    return recipe_for(model).learning_rate
 
 
 def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int, max_length: int) -> Any:
@@ -103,8 +131,9 @@ def build_model(
 ) -> Any:
     """A sequence classifier with 7 YNAT labels whose id2label/label2id travel with the checkpoint.
 
-    Dropouts left at None mean the preset's tuned values, or a pretrained model's own config; given ones override
-    a pretrained config too (`from_pretrained(..., hidden_dropout_prob=...)`), so a tuned value means the same for both.
+    Dropouts left at None mean RobertaConfig's defaults for a preset (training passes the preset recipe's), or a
+    pretrained model's own config; given ones override a pretrained config too (`from_pretrained(...,
+    hidden_dropout_prob=...)`), so a tuned value means the same for both.
     """
     given = {"hidden_dropout_prob": hidden_dropout, "attention_probs_dropout_prob": attention_dropout}
     dropout = {k: v for k, v in given.items() if v is not None}
@@ -128,7 +157,7 @@ def build_model(
             num_labels=NUM_LABELS,
             id2label=dict(ID2LABEL),
             label2id=dict(LABEL2ID),
-            **{**PRESET_DROPOUT, **dropout},
+            **dropout,
         )
         net = AutoModelForSequenceClassification.from_config(config)
     else:

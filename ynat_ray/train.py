@@ -50,16 +50,31 @@ class TrainOutcome:
 
 class PadCollate(NumpyBatchCollateFn):
     """Collate for `iter_torch_batches`: pads each batch with the tokenizer (`features.pad_token_ids`), so
-    training batches look exactly like inference batches; returns tensors Ray moves to the device."""
+    training batches look exactly like inference batches; returns tensors Ray moves to the device.
 
-    def __init__(self, tokenizer: Any):
+    `token_dropout` (training batches only) replaces that fraction of each title's tokens with [MASK]: a
+    regulariser for small from-scratch models, which otherwise memorise the 10k titles' rare tokens.
+    """
+
+    def __init__(self, tokenizer: Any, token_dropout: float = 0.0, seed: int = 0):
         self.tokenizer = tokenizer
+        self.token_dropout = token_dropout
+        self.seed = seed
+        self.generator = None
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         import torch
 
         out = pad_token_ids(self.tokenizer, batch["input_ids"], return_tensors="pt")
         out["labels"] = torch.tensor(batch["labels"], dtype=torch.long)  # a copy: Ray's arrays are read-only
+        if self.token_dropout > 0 and self.tokenizer.mask_token_id is not None:
+            if self.generator is None:  # created on first use, in the process that collates
+                self.generator = torch.Generator().manual_seed(self.seed)
+            ids = out["input_ids"]
+            special = torch.tensor(self.tokenizer.all_special_ids)
+            maskable = out["attention_mask"].bool() & ~torch.isin(ids, special)
+            drop = (torch.rand(ids.shape, generator=self.generator) < self.token_dropout) & maskable
+            out["input_ids"] = ids.masked_fill(drop, self.tokenizer.mask_token_id)
         return out
 
 
@@ -127,7 +142,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     from ynat_ray.checkpoint import load_resume_state
     from ynat_ray.metrics import classification_metrics
-    from ynat_ray.modeling import build_model, default_learning_rate
+    from ynat_ray.modeling import build_model
     from ynat_ray.precision import autocast, resolve_precision
 
     cfg = YnatConfig.from_dict(loop_config["config"])
@@ -143,7 +158,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     net = build_model(cfg.model, tokenizer, cfg.train_max_length, cfg.seed, cfg.hidden_dropout, cfg.attention_dropout)
     model = ray.train.torch.prepare_model(net)
     core = model.module if hasattr(model, "module") else model
-    optimizer = torch.optim.AdamW(param_groups(core, cfg.weight_decay), lr=cfg.learning_rate or default_learning_rate(cfg.model))
+    optimizer = torch.optim.AdamW(param_groups(core, cfg.weight_decay), lr=cfg.learning_rate)
     steps_per_epoch = math.ceil(loop_config["train_rows"] // world / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
@@ -161,6 +176,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     resumed_from = start_epoch
     collate = PadCollate(tokenizer)
+    train_collate = PadCollate(tokenizer, cfg.token_dropout, seed=cfg.seed * 1000 + rank)
     train_shard = ray.train.get_dataset_shard("train")
     if rank == 0:
         print(f"[ynat-ray] {world} worker(s) on {device.type}, precision {precision}, {steps_per_epoch} steps/epoch", flush=True)
@@ -172,7 +188,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         steady_start, steady_seen = None, 0  # throughput after the first step (excludes pipeline start-up)
         batches = train_shard.iter_torch_batches(
             batch_size=cfg.batch_size,
-            collate_fn=collate,
+            collate_fn=train_collate,
             local_shuffle_buffer_size=cfg.batch_size * 16,
             local_shuffle_seed=cfg.seed + epoch,
         )
@@ -271,6 +287,7 @@ def artifacts_dir_for(storage: str, run_name: str) -> str:
 class PreparedRun:
     """What a TorchTrainer needs, built once on the driver (`ynat-ray train`) or in a Tune trial's driver."""
 
+    cfg: YnatConfig  # with the model's recipe filled in (`YnatConfig.with_recipe`)
     run_name: str
     storage: str
     artifacts: str
@@ -293,6 +310,7 @@ def prepare_run(cfg: YnatConfig, cluster_cpus: float | None = None) -> PreparedR
     from ynat_ray.modeling import is_preset, load_tokenizer
     from ynat_ray.resources import plan_workers
 
+    cfg = cfg.with_recipe()
     # Our loop draws one progress bar per epoch; Ray Data's per-dataset bars would bury it.
     ray.data.DataContext.get_current().enable_progress_bars = False
     run_name = cfg.run_name or unique_run_name(cfg.model)
@@ -321,16 +339,17 @@ def prepare_run(cfg: YnatConfig, cluster_cpus: float | None = None) -> PreparedR
         name: to_token_dataset(rows, tokenizer, cfg.train_max_length, materialize=materialize, task_cpus=plan.data_task_cpus)
         for name, rows in (("train", train_split), ("validation", splits.validation))
     }
-    return PreparedRun(run_name, storage, artifacts, splits, tokenizer, datasets, plan)
+    return PreparedRun(cfg, run_name, storage, artifacts, splits, tokenizer, datasets, plan)
 
 
-def make_trainer(cfg: YnatConfig, run: PreparedRun, callbacks: Iterable[Any] = ()) -> Any:
+def make_trainer(run: PreparedRun, callbacks: Iterable[Any] = ()) -> Any:
     """The TorchTrainer of one run; `callbacks` is where Tune's TuneReportCallback plugs in."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from ynat_ray.cluster import QUIET_WORKER_ENV
 
+    cfg = run.cfg
     fail_at = os.environ.get(FAIL_AT_EPOCH_ENV)
     return TorchTrainer(
         train_loop_per_worker,
@@ -369,11 +388,11 @@ def run_training(cfg: YnatConfig) -> TrainOutcome:
 
     init_ray(verbose=cfg.verbose)
     run = prepare_run(cfg)
-    result = make_trainer(cfg, run).fit()
+    result = make_trainer(run).fit()
     if result.error:
         raise result.error
     best = result.get_best_checkpoint(SCORE_METRIC, "max") or result.checkpoint
-    return finish_run(cfg, run.run_name, os.path.join(run.storage, run.run_name), best.path, run.splits, run.artifacts)
+    return finish_run(run.cfg, run.run_name, os.path.join(run.storage, run.run_name), best.path, run.splits, run.artifacts)
 
 
 def finish_run(cfg: YnatConfig, run_name: str, run_dir: str, best_path: str, splits: Any, artifacts: str) -> TrainOutcome:

@@ -145,7 +145,7 @@ def train_driver(params: dict[str, Any], base: dict[str, Any], trial_cpus: float
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = YnatConfig.from_dict({**base, **params, "run_name": f"{tune_name}-{trial_id}", "storage_path": train_storage})
     run = prepare_run(cfg, cluster_cpus=trial_cpus)
-    result = make_trainer(cfg, run, callbacks=[TuneReportCallback()]).fit()
+    result = make_trainer(run, callbacks=[TuneReportCallback()]).fit()
     if result.error:
         raise result.error
 
@@ -204,7 +204,7 @@ def run_tune(
     *,
     num_samples: int = 8,
     max_concurrent_trials: int | None = None,
-    grace_period: int = 1,
+    grace_period: int = 2,
     reduction_factor: int = 2,
     trial_failures: int = 1,
     out_dir: str | None = None,
@@ -224,7 +224,8 @@ def run_tune(
     storage = cfg.resolved_storage_path()
     train_storage = f"{storage}/{name}/train_runs" if "://" in storage else os.path.join(storage, name, "train_runs")
     base = cfg.to_dict() | {"progress_bar": False}  # concurrent trials' bars would interleave; each epoch prints a line
-    max_t = space.max_epochs(cfg)
+    recipe = cfg.with_recipe()  # the epochs a trial runs when the space does not search them
+    max_t = space.max_epochs(recipe)
     print(
         f"[ynat-ray] tune {name}: {num_samples} sample(s) of {len(space.searched)} searched option(s) from {space.path}; "
         f"{concurrency} trial(s) at a time, {trial_cpus:g} CPU each; ASHA on {METRIC} (grace {grace_period} epoch(s), "
@@ -233,7 +234,7 @@ def run_tune(
     )
 
     def epochs_of(trial: Any) -> int:
-        return int(trial.config.get("epochs", cfg.epochs))
+        return int(trial.config.get("epochs") or recipe.epochs)
 
     trainable = tune.with_parameters(train_driver, base=base, trial_cpus=trial_cpus, train_storage=train_storage, tune_name=name)
     # The trial driver only builds a TorchTrainer; the trainer's workers and Ray Data ask for their own CPUs (planned
@@ -299,7 +300,7 @@ def write_outcome(cfg: YnatConfig, space: SearchSpace, grid: Any, name: str, pat
     from ynat_ray.artifacts import plot_trials
 
     searched = list(space.searched)
-    table, curves = trial_table(grid, searched, cfg.epochs)
+    table, curves = trial_table(grid, searched, cfg.with_recipe().epochs)
     out = out_dir or (path if "://" not in path else os.path.abspath(os.path.join("ynat_ray_artifacts", name)))
     os.makedirs(out, exist_ok=True)
     csv_path = os.path.join(out, "results.csv")
@@ -314,16 +315,19 @@ def write_outcome(cfg: YnatConfig, space: SearchSpace, grid: Any, name: str, pat
         raise RuntimeError(f"no trial of {name} reported {METRIC}; see the trial logs under {path}")
     best = scored[0]
     best_yaml = os.path.join(out, "best.yaml")
-    write_best_yaml(best_yaml, space, best, name)
+    write_best_yaml(best_yaml, cfg, space, best, name)
     print(format_table(table, searched))
     print(f"[ynat-ray] best {best['trial']}: {METRIC} {best[METRIC]:.4f} at epoch {best['best_epoch']}")
     print(f"[ynat-ray] wrote {csv_path}, {plot_path} and {best_yaml}  (ynat-ray train --config {best_yaml})", flush=True)
     return TuneOutcome(name, path, table, best, best_yaml, csv_path, plot_path)
 
 
-def write_best_yaml(path: str, space: SearchSpace, best: dict[str, Any], name: str) -> None:
-    """The space's fixed values plus the winner's searched ones: a plain YnatConfig file for `ynat-ray train --config`."""
-    values = dict(space.fixed)
+def write_best_yaml(path: str, cfg: YnatConfig, space: SearchSpace, best: dict[str, Any], name: str) -> None:
+    """Every option the search fixed (space file and command line, where not the default) plus the winner's
+    searched values: a plain YnatConfig file that `ynat-ray train --config` runs as the trial ran."""
+    defaults = YnatConfig().to_dict()
+    values = {k: v for k, v in cfg.to_dict().items() if v != defaults[k] and k not in ("run_name", "progress_bar")}
+    values.update(space.fixed)
     for key in space.searched:
         value = best[key]
         values[key] = float(f"{value:.4g}") if isinstance(value, float) else value
