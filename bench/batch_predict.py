@@ -57,6 +57,9 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quiet import ForeignCpu, wait_quiet  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 PIPELINE_BATCH = 64
@@ -77,59 +80,6 @@ def wait_for_no_tests(poll_s: float = 30.0) -> None:
     while tests_running():
         print("  a pytest run is active; waiting 30 s before touching Ray clusters ...", flush=True)
         time.sleep(poll_s)
-
-
-class ForeignCpu:
-    """Cores used during a window by processes that are neither this script's descendants nor our `ray start`
-    cluster (RAY_TEMP_DIR in the command line, and its workers): other people's work on a shared machine. Processes
-    that start and end inside the window are missed (a lower bound); used to flag and retry noisy jobs."""
-
-    @staticmethod
-    def _snapshot() -> tuple[dict[int, tuple[float, float]], set[int]]:
-        import psutil
-
-        procs: dict[int, tuple[float, float]] = {}
-        roots = [psutil.Process()]
-        for proc in psutil.process_iter(["cpu_times", "create_time", "cmdline"]):
-            times = proc.info["cpu_times"]
-            if times is not None:
-                procs[proc.pid] = (times.user + times.system, proc.info["create_time"] or 0.0)
-            if any(RAY_TEMP_DIR in arg for arg in proc.info["cmdline"] or []):
-                roots.append(proc)
-        mine: set[int] = set()
-        for root in roots:
-            with contextlib.suppress(psutil.Error):
-                mine |= {root.pid} | {c.pid for c in root.children(recursive=True)}
-        return procs, mine
-
-    def start(self) -> None:
-        self.t0, self.wall0 = time.monotonic(), time.time()
-        self.before, self.mine = self._snapshot()
-
-    def stop(self) -> float:
-        after, mine = self._snapshot()
-        mine |= self.mine
-        total = 0.0
-        for pid, (cpu, created) in after.items():
-            if pid in mine:
-                continue
-            if pid in self.before and self.before[pid][1] == created:
-                total += cpu - self.before[pid][0]
-            elif created >= self.wall0:
-                total += cpu
-        return total / max(time.monotonic() - self.t0, 1e-6)
-
-
-def wait_quiet(max_wait_s: float = 600.0, below: float = 0.1, window_s: float = 3.0) -> float:
-    """Wait until other people's processes use under `below` cores over `window_s` (at most max_wait_s)."""
-    started = time.monotonic()
-    while time.monotonic() - started < max_wait_s:
-        meter = ForeignCpu()
-        meter.start()
-        time.sleep(window_s)
-        if meter.stop() < below:
-            break
-    return time.monotonic() - started
 
 
 def settle(max_wait_s: float = 30.0, busy_below: float = 0.15) -> None:
@@ -179,8 +129,8 @@ def run_job(
 ) -> dict[str, Any]:
     """One job in a fresh process, measured again (up to RETRIES times) if other people's load disturbed it."""
     for attempt in range(1, RETRIES + 2):
-        waited = wait_quiet()
-        foreign = ForeignCpu()
+        waited = wait_quiet(also_mine=RAY_TEMP_DIR)
+        foreign = ForeignCpu(RAY_TEMP_DIR)
         foreign.start()
         result = run_job_once(checkpoint, source, output, plan, cluster, backend, eval_batch_size, workdir)
         result["other_processes_cores"] = other = foreign.stop()
@@ -279,8 +229,8 @@ def stop_cluster() -> None:
 def pipeline_run(pipe: Any, texts: list[str]) -> tuple[float, list[str], float]:
     """rows/s of pipeline(texts, batch_size=64), measured again (up to RETRIES times) if other people's load disturbed it."""
     for attempt in range(1, RETRIES + 2):
-        wait_quiet()
-        foreign = ForeignCpu()
+        wait_quiet(also_mine=RAY_TEMP_DIR)
+        foreign = ForeignCpu(RAY_TEMP_DIR)
         foreign.start()
         started = time.perf_counter()
         out = pipe(texts, batch_size=PIPELINE_BATCH)

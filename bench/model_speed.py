@@ -35,6 +35,9 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quiet import wait_quiet  # noqa: E402
 
 from ynat_ray.config import YnatConfig  # noqa: E402
 from ynat_ray.data import read_rows  # noqa: E402
@@ -118,20 +121,6 @@ def speed(clf: TextClassifier, titles: list[str], batch: int, seconds: float, wa
     busy = (sum(machine1) - machine1.idle - machine1.iowait) - (sum(machine0) - machine0.idle - machine0.iowait)
     # cpu_util: cores this process kept busy; other_cpu: cores everything else on the machine used meanwhile (noise)
     return {"texts_per_s": done / elapsed, "texts": done, "seconds": elapsed, "cpu_util": cpu / elapsed, "other_cpu": max(0.0, busy - cpu) / elapsed}
-
-
-def wait_quiet(max_wait_s: float = 600.0, below: float = 0.1, window_s: float = 2.0) -> None:
-    """Wait until the rest of the machine (everything but this process) uses under `below` cores over `window_s`."""
-    import psutil
-
-    deadline = time.monotonic() + max_wait_s
-    while time.monotonic() < deadline:
-        cpu0, m0, t0 = time.process_time(), psutil.cpu_times(), time.monotonic()
-        time.sleep(window_s)
-        m1 = psutil.cpu_times()
-        busy = (sum(m1) - m1.idle - m1.iowait) - (sum(m0) - m0.idle - m0.iowait) - (time.process_time() - cpu0)
-        if busy / (time.monotonic() - t0) < below:
-            return
 
 
 def main() -> None:

@@ -61,6 +61,9 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quiet import ForeignCpu, wait_quiet  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 APP = "bench"  # Serve application name: the replica's process title is ray::ServeReplica:bench:YnatClassifier
@@ -182,57 +185,6 @@ class CpuMeter:
         delta["client"] = delta.pop("_children") if client == "wrk" else delta.pop("_self")
         delta.pop("_children", None), delta.pop("_self", None)
         return {k: round(1000 * v / max(requests, 1), 3) for k, v in delta.items()}
-
-
-class ForeignCpu:
-    """Cores used during a window by processes that are NOT this script or its descendants: other people's work on a
-    shared machine. (This script's Ray cluster, servers, wrk and py-spy are all its descendants.) Processes that
-    start and end inside the window are missed, so this is a lower bound; it is used to flag and retry noisy cells."""
-
-    @staticmethod
-    def _snapshot() -> tuple[dict[int, tuple[float, float]], set[int]]:
-        import psutil
-
-        procs: dict[int, tuple[float, float]] = {}
-        for proc in psutil.process_iter(["cpu_times", "create_time"]):
-            times = proc.info["cpu_times"]
-            if times is not None:
-                procs[proc.pid] = (times.user + times.system, proc.info["create_time"] or 0.0)
-        me = psutil.Process()
-        try:
-            mine = {me.pid} | {c.pid for c in me.children(recursive=True)}
-        except psutil.Error:
-            mine = {me.pid}
-        return procs, mine
-
-    def start(self) -> None:
-        self.t0, self.wall0 = time.monotonic(), time.time()
-        self.before, self.mine = self._snapshot()
-
-    def stop(self) -> float:
-        after, mine = self._snapshot()
-        mine |= self.mine
-        total = 0.0
-        for pid, (cpu, created) in after.items():
-            if pid in mine:
-                continue
-            if pid in self.before and self.before[pid][1] == created:
-                total += cpu - self.before[pid][0]
-            elif created >= self.wall0:
-                total += cpu
-        return total / max(time.monotonic() - self.t0, 1e-6)
-
-
-def wait_quiet(max_wait_s: float = 600.0, below: float = 0.1, window_s: float = 3.0) -> float:
-    """Wait until other people's processes use under `below` cores over `window_s` (at most max_wait_s); return the wait."""
-    started = time.monotonic()
-    while time.monotonic() - started < max_wait_s:
-        meter = ForeignCpu()
-        meter.start()
-        time.sleep(window_s)
-        if meter.stop() < below:
-            break
-    return time.monotonic() - started
 
 
 # ---- load generators ----------------------------------------------------------------------------------
