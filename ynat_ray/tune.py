@@ -222,7 +222,8 @@ def run_tune(
     trial_cpus = resources.get("CPU", 1.0) / concurrency - TRIAL_DRIVER_CPUS
     name = cfg.run_name or unique_tune_name(cfg.model)
     storage = cfg.resolved_storage_path()
-    train_storage = f"{storage}/{name}/train_runs" if "://" in storage else os.path.join(storage, name, "train_runs")
+    path = f"{storage}/{name}"  # the search's folder (a local absolute path or a URI: '/' joins both)
+    train_storage = f"{path}/train_runs"
     base = cfg.to_dict() | {"progress_bar": False}  # concurrent trials' bars would interleave; each epoch prints a line
     recipe = cfg.with_recipe()  # the epochs a trial runs when the space does not search them
     max_t = space.max_epochs(recipe)
@@ -264,7 +265,7 @@ def run_tune(
     started = time.perf_counter()
     grid = tuner.fit()
     print(f"[ynat-ray] search finished in {time.perf_counter() - started:.0f} s", flush=True)
-    return write_outcome(cfg, space, grid, name, os.path.join(storage, name) if "://" not in storage else f"{storage}/{name}", out_dir)
+    return write_outcome(cfg, space, grid, name, path, out_dir)
 
 
 def trial_table(grid: Any, searched: list[str], epochs_default: int) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
