@@ -180,7 +180,8 @@ def main() -> None:
         print("\n| on the embedded 10k train / 1k test rows | wall time | test accuracy | test macro-F1 |")
         print("|---|---|---|---|")
         print(
-            f"| `ynat-ray train` (defaults: ynat-tiny, 2 workers, {len(outcome.history)} epochs) | {wall:.0f} s | {final['accuracy']:.3f} | {final['macro_f1']:.3f} |"
+            f"| `ynat-ray train` (defaults: {YnatConfig().model}, 2 workers, {len(outcome.history)} epochs) | {wall:.0f} s "
+            f"| {final['accuracy']:.3f} | {final['macro_f1']:.3f} |"
         )
         print(f"| char n-gram TF-IDF + logistic regression | {tf_s:.1f} s | {tf_acc:.3f} | {tf_f1:.3f} |")
     ray.shutdown()

@@ -91,3 +91,16 @@ def test_empty_or_invalid_text() -> None:
 def test_debug_shows_the_traceback() -> None:
     done = run_cli("predict", "--checkpoint", "/nope/ckpt", "코스피", "--debug")
     assert done.returncode != 0 and b"Traceback" in done.stderr and b"CheckpointError" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--grace_period", "9"], "--grace_period 9 must be between 1 and the trials' most epochs (6)"),
+        (["--reduction_factor", "1"], "--reduction_factor 1 must be greater than 1"),
+    ],
+)
+def test_tune_scheduler_mistakes_are_one_line_before_ray_starts(files: dict[str, Path], flags: list[str], message: str) -> None:
+    # The shipped space searches up to 6 epochs; ASHA would otherwise fail with a bare assert after Ray started.
+    line = one_line_error(run_cli("tune", "--storage_path", str(files["root"] / "runs"), *flags))
+    assert line == f"ynat-ray: error: {message}"

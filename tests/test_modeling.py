@@ -48,6 +48,26 @@ def test_model_config_matches_tokenizer_and_labels(tokenizer):
     assert logits.shape == (2, 7)
 
 
+def test_default_preset_is_a_mean_pooled_modernbert(tokenizer):
+    """ynat-wide classifies from the mean of its token states, so a title's meaning does not hang on [CLS]."""
+    model = build_model("ynat-wide", tokenizer, MAX_LEN, hidden_dropout=0.3, attention_dropout=0.2).eval()
+    cfg = model.config
+    assert cfg.model_type == "modernbert" and cfg.classifier_pooling == "mean"
+    assert cfg.max_position_embeddings == MAX_LEN and cfg.pad_token_id == tokenizer.pad_token_id == 1
+    assert (cfg.embedding_dropout, cfg.mlp_dropout, cfg.classifier_dropout, cfg.attention_dropout) == (0.3, 0.3, 0.3, 0.2)
+    assert {int(k): v for k, v in cfg.id2label.items()} == ID2LABEL
+    enc = tokenizer(["삼성전자 주가 상승", "축구 대표팀 승리"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**enc).logits
+        # Padding must not change a title's score: the mean runs over real tokens only.
+        padded = tokenizer(["삼성전자 주가 상승"], padding="max_length", max_length=MAX_LEN, return_tensors="pt")
+        alone = model(**padded).logits
+    assert logits.shape == (2, 7)
+    assert torch.allclose(alone[0], logits[0], atol=1e-5)
+    with pytest.raises(ValueError, match="max_position_embeddings"):
+        check_compatible(tokenizer, cfg, MAX_LEN + 1)
+
+
 def test_incompatible_pad_or_positions_are_refused(tokenizer):
     model = build_model("ynat-tiny", tokenizer, MAX_LEN)
     model.config.pad_token_id = 0
@@ -111,7 +131,10 @@ def test_token_dropout_masks_only_real_tokens_and_only_in_training_batches(token
 
 
 def test_recipes_fill_only_what_the_user_left_open():
-    tiny = YnatConfig(epochs=2).with_recipe()
-    assert tiny.epochs == 2 and tiny.learning_rate > 1e-4 and tiny.hidden_dropout is not None
+    default = YnatConfig(epochs=2).with_recipe()
+    assert default.model == "ynat-wide" and default.epochs == 2 and default.learning_rate > 1e-4
+    assert default.hidden_dropout is not None and default.vocab_size in (4000, 8000)
+    tiny = YnatConfig(model="ynat-tiny", vocab_size=2000).with_recipe()
+    assert tiny.vocab_size == 2000 and tiny.epochs == 7, "each preset has its own tuned recipe; a given value wins"
     roberta = YnatConfig(model="klue/roberta-base").with_recipe()
     assert roberta.learning_rate == 5e-5 and roberta.hidden_dropout is None and roberta.token_dropout == 0.0

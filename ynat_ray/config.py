@@ -63,8 +63,9 @@ class YnatConfig:
     # ---- model ------------------------------------------------------------------------------
     model: str = _help(
         "A hub id (e.g. klue/roberta-base), a local HF model directory, or an offline preset: "
-        "'ynat-tiny' (default, 2 layers x 128, trains in minutes on a laptop), 'ynat-mini' (2 x 256) or 'ynat-small' (6 x 384).",
-        default="ynat-tiny",
+        "'ynat-wide' (default: 1 layer x 256, mean-pooled ModernBERT, trains in minutes on a laptop), or the RoBERTa "
+        "presets 'ynat-tiny' (2 layers x 128), 'ynat-mini' (2 x 256) and 'ynat-small' (6 x 384).",
+        default="ynat-wide",
     )
     max_length: int | None = _help(
         "Truncate texts to this many tokens. Training: default 64 (YNAT titles are ~20). Inference: default the "
@@ -72,7 +73,9 @@ class YnatConfig:
         "a larger one is capped at the trained length.",
         default=None,
     )
-    vocab_size: int = _help("WordPiece vocabulary size for the offline presets (4000: tuned, docs/tuning.md).", default=4000)
+    vocab_size: int | None = _help(
+        "WordPiece vocabulary size for the offline presets. Default: the preset's tuned value (docs/tuning.md).", default=None
+    )
     hidden_dropout: float | None = _help(
         "Dropout on hidden states and the classifier head (HF hidden_dropout_prob). Default: the tuned value for presets "
         "(docs/tuning.md), the model's own config for pretrained models.",

@@ -205,8 +205,11 @@ class TextClassifier:
         return encode_texts(self.tokenizer, texts, self.max_length, return_tensors="np")
 
     def token_lengths(self, texts: Sequence[str]) -> list[int]:
-        """Untruncated token counts (for requests that refuse truncation)."""
-        return [len(ids) for ids in self.tokenizer(list(texts), truncation=False)["input_ids"]]
+        """Untruncated token counts (for requests that refuse truncation).
+
+        `verbose=False`: counting a long text is the point here, so transformers' "Token indices sequence length is
+        longer than the specified maximum" warning (which would land in the replica's log) says nothing useful."""
+        return [len(ids) for ids in self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]]
 
     def logits(self, texts: Sequence[str], batch_size: int = 128) -> np.ndarray:
         """Raw classifier scores (before softmax), shape (len(texts), num_labels), float32, in input order.

@@ -19,28 +19,12 @@ SPECIAL_TOKENS = ("[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]")
 
 
 @dataclass(frozen=True)
-class Preset:
-    """Shape of a RoBERTa encoder trained from scratch."""
-
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    intermediate_size: int
-
-
-PRESETS: dict[str, Preset] = {
-    "ynat-tiny": Preset(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512),
-    "ynat-mini": Preset(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024),
-    "ynat-small": Preset(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=1536),
-}
-
-
-@dataclass(frozen=True)
 class Recipe:
     """Training defaults for a kind of model; a YnatConfig field left at None takes its value from here.
 
-    Why two: a preset is trained from scratch on ~10k titles (a large learning rate, and it overfits fast, so
-    strong dropout), while a pretrained encoder is fine-tuned (the usual BERT/RoBERTa recipe, its own dropout).
+    Why per kind: a preset is trained from scratch on ~10k titles (a large learning rate, and it overfits fast, so
+    strong dropout), while a pretrained encoder is fine-tuned (the usual BERT/RoBERTa recipe, its own dropout and
+    tokenizer). Each preset carries the recipe `ynat-ray tune` picked for its architecture (docs/tuning.md).
     """
 
     learning_rate: float
@@ -51,19 +35,58 @@ class Recipe:
     hidden_dropout: float | None  # None: the pretrained config's own
     attention_dropout: float | None
     token_dropout: float
+    vocab_size: int | None  # a preset's WordPiece vocabulary; None for a pretrained model (its tokenizer's own)
 
 
-# The offline presets' recipe: `ynat-ray tune`'s pick on the embedded validation rows (docs/tuning.md).
-PRESET_RECIPE = Recipe(learning_rate=1.88e-3, epochs=7, batch_size=64, warmup_ratio=0.171, weight_decay=6.93e-3,
-                       hidden_dropout=0.284, attention_dropout=0.207, token_dropout=0.244)  # fmt: skip
+# `ynat-ray tune`'s picks on the embedded validation rows (docs/tuning.md): rounds 1-4 for the RoBERTa presets,
+# round 5 for the mean-pooled default.
+ROBERTA_PRESET_RECIPE = Recipe(learning_rate=1.88e-3, epochs=7, batch_size=64, warmup_ratio=0.171, weight_decay=6.93e-3,
+                               hidden_dropout=0.284, attention_dropout=0.207, token_dropout=0.244, vocab_size=4000)  # fmt: skip
+WIDE_PRESET_RECIPE = Recipe(learning_rate=1.88e-3, epochs=5, batch_size=64, warmup_ratio=0.171, weight_decay=0.05,
+                            hidden_dropout=0.4, attention_dropout=0.207, token_dropout=0.3, vocab_size=4000)  # fmt: skip
 PRETRAINED_RECIPE = Recipe(learning_rate=5e-5, epochs=3, batch_size=32, warmup_ratio=0.1, weight_decay=0.01,
-                           hidden_dropout=None, attention_dropout=None, token_dropout=0.0)  # fmt: skip
+                           hidden_dropout=None, attention_dropout=None, token_dropout=0.0, vocab_size=None)  # fmt: skip
 RECIPE_FIELDS = tuple(Recipe.__dataclass_fields__)
 
 
+@dataclass(frozen=True)
+class Preset:
+    """Shape of an encoder trained from scratch.
+
+    `architecture` "roberta": RobertaForSequenceClassification, which classifies from the first token ([CLS]).
+    "modernbert": ModernBertForSequenceClassification with `classifier_pooling="mean"`, which classifies from the
+    mean of every token's state. Both are stock transformers classes, so `pipeline()` loads either checkpoint
+    without `trust_remote_code`. Why the mean-pooled one is the default: on 10k titles a from-scratch model
+    generalises through its token embeddings (a bag of subwords, as a linear model over n-grams does); the mean
+    keeps that path one step from the classifier, where [CLS] must first learn to gather it (docs/tuning.md).
+    """
+
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    architecture: str = "roberta"
+    recipe: Recipe = ROBERTA_PRESET_RECIPE
+
+
+PRESETS: dict[str, Preset] = {
+    "ynat-wide": Preset(
+        hidden_size=256,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        intermediate_size=512,
+        architecture="modernbert",
+        recipe=WIDE_PRESET_RECIPE,
+    ),
+    "ynat-tiny": Preset(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512),
+    "ynat-mini": Preset(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024),
+    "ynat-small": Preset(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=1536),
+}
+
+
 def recipe_for(model: str) -> Recipe:
-    """The training defaults for `model`: the tuned preset recipe, or the usual fine-tuning one."""
-    return PRESET_RECIPE if is_preset(model) else PRETRAINED_RECIPE
+    """The training defaults for `model`: a preset's tuned recipe, or the usual fine-tuning one."""
+    return PRESETS[model].recipe if is_preset(model) else PRETRAINED_RECIPE
 
 
 class ModelLoadError(RuntimeError):
@@ -110,12 +133,12 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int, max_length:
     )
 
 
-def load_tokenizer(model: str, max_length: int, train_texts: Iterable[str] | None = None, vocab_size: int = 8000) -> Any:
+def load_tokenizer(model: str, max_length: int, train_texts: Iterable[str] | None = None, vocab_size: int | None = None) -> Any:
     """Tokenizer for `model`: trained on `train_texts` for a preset, else AutoTokenizer.from_pretrained."""
     if is_preset(model):
         if train_texts is None:
             raise ValueError(f"preset {model!r} trains its tokenizer on the training titles; pass train_texts")
-        return train_wordpiece_tokenizer(train_texts, vocab_size, max_length)
+        return train_wordpiece_tokenizer(train_texts, vocab_size or PRESETS[model].recipe.vocab_size or 4000, max_length)
     from transformers import AutoTokenizer
 
     try:
@@ -141,7 +164,10 @@ def build_model(
     from transformers import AutoModelForSequenceClassification, RobertaConfig
 
     torch.manual_seed(seed)
-    if is_preset(model):
+    if is_preset(model) and PRESETS[model].architecture == "modernbert":
+        config = modernbert_config(PRESETS[model], tokenizer, max_length, hidden_dropout, attention_dropout)
+        net = AutoModelForSequenceClassification.from_config(config)
+    elif is_preset(model):
         p = PRESETS[model]
         config = RobertaConfig(
             vocab_size=len(tokenizer),
@@ -176,6 +202,42 @@ def build_model(
     return net
 
 
+def modernbert_config(p: Preset, tokenizer: Any, max_length: int, hidden_dropout: float | None, attention_dropout: float | None) -> Any:
+    """A small ModernBERT that classifies from the mean of its token states.
+
+    - Every layer attends globally: titles are far shorter than ModernBERT's 128-token local window, so the
+      sliding-window layers would only cost a mask.
+    - `hidden_dropout` is ModernBERT's embedding, MLP and classifier dropout (RoBERTa's hidden_dropout_prob covers
+      the same three places), `attention_dropout` its attention dropout; None means 0.1, like RobertaConfig.
+    - Positions are rotary, so `max_position_embeddings` is the trained length, which inference reads back.
+    """
+    from transformers import ModernBertConfig
+
+    hidden = 0.1 if hidden_dropout is None else hidden_dropout
+    return ModernBertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=p.hidden_size,
+        num_hidden_layers=p.num_hidden_layers,
+        num_attention_heads=p.num_attention_heads,
+        intermediate_size=p.intermediate_size,
+        layer_types=["full_attention"] * p.num_hidden_layers,
+        max_position_embeddings=max_length,
+        classifier_pooling="mean",
+        embedding_dropout=hidden,
+        mlp_dropout=hidden,
+        classifier_dropout=hidden,
+        attention_dropout=0.1 if attention_dropout is None else attention_dropout,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+        cls_token_id=tokenizer.cls_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        sep_token_id=tokenizer.sep_token_id,
+        num_labels=NUM_LABELS,
+        id2label=dict(ID2LABEL),
+        label2id=dict(LABEL2ID),
+    )
+
+
 def load_classifier(path: str) -> Any:
     """A trained sequence classifier from a local directory, in eval mode, without transformers' per-load
     "Loading weights" progress bar (it lands in every Serve replica's and batch actor's log)."""
@@ -199,13 +261,13 @@ def check_compatible(tokenizer: Any, config: Any, max_length: int) -> None:
     """
     if tokenizer.pad_token_id != config.pad_token_id:
         raise ValueError(f"tokenizer pad_token_id {tokenizer.pad_token_id} != model config pad_token_id {config.pad_token_id}")
-    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        needed = max_length + config.pad_token_id + 1
-        if config.max_position_embeddings < needed:
-            raise ValueError(
-                f"max_length {max_length} needs max_position_embeddings >= {needed} for RoBERTa "
-                f"(has {config.max_position_embeddings}); lower --max_length"
-            )
+    roberta = getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert")
+    needed = max_length + config.pad_token_id + 1 if roberta else max_length
+    if config.max_position_embeddings < needed:
+        raise ValueError(
+            f"max_length {max_length} needs max_position_embeddings >= {needed}{' for RoBERTa' if roberta else ''} "
+            f"(has {config.max_position_embeddings}); lower --max_length"
+        )
     if len(tokenizer) > config.vocab_size:
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}")
 

@@ -198,6 +198,14 @@ class TuneOutcome:
     plot_path: str
 
 
+def check_scheduler(grace_period: int, reduction_factor: float, max_epochs: int) -> None:
+    """ASHA's own checks are bare asserts (a traceback after Ray has started); say what to change instead."""
+    if not 1 <= grace_period <= max_epochs:
+        raise UsageError(f"--grace_period {grace_period} must be between 1 and the trials' most epochs ({max_epochs})")
+    if reduction_factor <= 1:
+        raise UsageError(f"--reduction_factor {reduction_factor:g} must be greater than 1")
+
+
 def run_tune(
     cfg: YnatConfig,
     space: SearchSpace,
@@ -216,6 +224,9 @@ def run_tune(
 
     from ynat_ray.cluster import init_ray
 
+    recipe = cfg.with_recipe()  # the epochs a trial runs when the space does not search them
+    max_t = space.max_epochs(recipe)
+    check_scheduler(grace_period, reduction_factor, max_t)
     init_ray(verbose=cfg.verbose)
     resources = ray.cluster_resources()
     concurrency = trial_concurrency(resources.get("CPU", 1.0), resources.get("GPU", 0.0), cfg, max_concurrent_trials)
@@ -225,8 +236,6 @@ def run_tune(
     path = f"{storage}/{name}"  # the search's folder (a local absolute path or a URI: '/' joins both)
     train_storage = f"{path}/train_runs"
     base = cfg.to_dict() | {"progress_bar": False}  # concurrent trials' bars would interleave; each epoch prints a line
-    recipe = cfg.with_recipe()  # the epochs a trial runs when the space does not search them
-    max_t = space.max_epochs(recipe)
     print(
         f"[ynat-ray] tune {name}: {num_samples} sample(s) of {len(space.searched)} searched option(s) from {space.path}; "
         f"{concurrency} trial(s) at a time, {trial_cpus:g} CPU each; ASHA on {METRIC} (grace {grace_period} epoch(s), "
