@@ -158,33 +158,12 @@ def build_model(
     pretrained model's own config; given ones override a pretrained config too (`from_pretrained(...,
     hidden_dropout_prob=...)`), so a tuned value means the same for both.
     """
-    given = {"hidden_dropout_prob": hidden_dropout, "attention_probs_dropout_prob": attention_dropout}
-    dropout = {k: v for k, v in given.items() if v is not None}
     import torch
-    from transformers import AutoModelForSequenceClassification, RobertaConfig
+    from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
-    if is_preset(model) and PRESETS[model].architecture == "modernbert":
-        config = modernbert_config(PRESETS[model], tokenizer, max_length, hidden_dropout, attention_dropout)
-        net = AutoModelForSequenceClassification.from_config(config)
-    elif is_preset(model):
-        p = PRESETS[model]
-        config = RobertaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=p.hidden_size,
-            num_hidden_layers=p.num_hidden_layers,
-            num_attention_heads=p.num_attention_heads,
-            intermediate_size=p.intermediate_size,
-            # RoBERTa numbers positions from pad_token_id + 1, so max_length tokens need max_length + 2 rows.
-            max_position_embeddings=max_length + 2,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.cls_token_id,
-            eos_token_id=tokenizer.sep_token_id,
-            num_labels=NUM_LABELS,
-            id2label=dict(ID2LABEL),
-            label2id=dict(LABEL2ID),
-            **dropout,
-        )
+    if is_preset(model):
+        config = preset_config(PRESETS[model], tokenizer, max_length, hidden_dropout, attention_dropout)
         net = AutoModelForSequenceClassification.from_config(config)
     else:
         try:
@@ -194,7 +173,7 @@ def build_model(
                 id2label=dict(ID2LABEL),
                 label2id=dict(LABEL2ID),
                 trust_remote_code=False,
-                **dropout,
+                **_bert_dropout(hidden_dropout, attention_dropout),
             )
         except Exception as err:  # noqa: BLE001
             raise ModelLoadError(load_advice(model, err)) from err
@@ -202,8 +181,42 @@ def build_model(
     return net
 
 
-def modernbert_config(p: Preset, tokenizer: Any, max_length: int, hidden_dropout: float | None, attention_dropout: float | None) -> Any:
-    """A small ModernBERT that classifies from the mean of its token states.
+def preset_config(p: Preset, tokenizer: Any, max_length: int, hidden_dropout: float | None, attention_dropout: float | None) -> Any:
+    """The transformers config of a from-scratch preset: its shape, the tokenizer's ids and the 7 YNAT labels.
+
+    RoBERTa numbers positions from pad_token_id + 1, so max_length tokens need max_length + 2 rows; dropouts left at
+    None are RobertaConfig's defaults. ModernBERT (`_modernbert_options`) classifies from the mean of its token states.
+    """
+    from transformers import ModernBertConfig, RobertaConfig
+
+    common = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": p.hidden_size,
+        "num_hidden_layers": p.num_hidden_layers,
+        "num_attention_heads": p.num_attention_heads,
+        "intermediate_size": p.intermediate_size,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.cls_token_id,
+        "eos_token_id": tokenizer.sep_token_id,
+        "num_labels": NUM_LABELS,
+        "id2label": dict(ID2LABEL),
+        "label2id": dict(LABEL2ID),
+    }
+    if p.architecture == "modernbert":
+        return ModernBertConfig(**common, **_modernbert_options(p, tokenizer, max_length, hidden_dropout, attention_dropout))
+    return RobertaConfig(**common, max_position_embeddings=max_length + 2, **_bert_dropout(hidden_dropout, attention_dropout))
+
+
+def _bert_dropout(hidden_dropout: float | None, attention_dropout: float | None) -> dict[str, float]:
+    """The given dropouts under BERT/RoBERTa's config names; None leaves the config's own value."""
+    given = {"hidden_dropout_prob": hidden_dropout, "attention_probs_dropout_prob": attention_dropout}
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _modernbert_options(
+    p: Preset, tokenizer: Any, max_length: int, hidden_dropout: float | None, attention_dropout: float | None
+) -> dict[str, Any]:
+    """What a small mean-pooled ModernBERT needs beyond the shared shape, ids and labels.
 
     - Every layer attends globally: titles are far shorter than ModernBERT's 128-token local window, so the
       sliding-window layers would only cost a mask.
@@ -211,31 +224,18 @@ def modernbert_config(p: Preset, tokenizer: Any, max_length: int, hidden_dropout
       the same three places), `attention_dropout` its attention dropout; None means 0.1, like RobertaConfig.
     - Positions are rotary, so `max_position_embeddings` is the trained length, which inference reads back.
     """
-    from transformers import ModernBertConfig
-
     hidden = 0.1 if hidden_dropout is None else hidden_dropout
-    return ModernBertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=p.hidden_size,
-        num_hidden_layers=p.num_hidden_layers,
-        num_attention_heads=p.num_attention_heads,
-        intermediate_size=p.intermediate_size,
-        layer_types=["full_attention"] * p.num_hidden_layers,
-        max_position_embeddings=max_length,
-        classifier_pooling="mean",
-        embedding_dropout=hidden,
-        mlp_dropout=hidden,
-        classifier_dropout=hidden,
-        attention_dropout=0.1 if attention_dropout is None else attention_dropout,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.cls_token_id,
-        cls_token_id=tokenizer.cls_token_id,
-        eos_token_id=tokenizer.sep_token_id,
-        sep_token_id=tokenizer.sep_token_id,
-        num_labels=NUM_LABELS,
-        id2label=dict(ID2LABEL),
-        label2id=dict(LABEL2ID),
-    )
+    return {
+        "layer_types": ["full_attention"] * p.num_hidden_layers,
+        "max_position_embeddings": max_length,
+        "classifier_pooling": "mean",
+        "embedding_dropout": hidden,
+        "mlp_dropout": hidden,
+        "classifier_dropout": hidden,
+        "attention_dropout": 0.1 if attention_dropout is None else attention_dropout,
+        "cls_token_id": tokenizer.cls_token_id,
+        "sep_token_id": tokenizer.sep_token_id,
+    }
 
 
 def load_classifier(path: str) -> Any:
