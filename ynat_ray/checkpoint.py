@@ -139,9 +139,9 @@ def inference_max_length(spec: RunSpec | None, model_config: Any, tokenizer: Any
     A longer request is capped (the model never saw such positions), and the caller reports the cap.
     Without a run spec (a checkpoint trained elsewhere) the tokenizer's and the position table's limits decide.
     """
-    limit = model_config.max_position_embeddings
-    if getattr(model_config, "model_type", "") in ("roberta", "xlm-roberta", "camembert"):
-        limit -= model_config.pad_token_id + 1  # RoBERTa numbers positions from pad_token_id + 1
+    from ynat_ray.modeling import position_offset
+
+    limit = model_config.max_position_embeddings - position_offset(model_config)
     base = min(x for x in (spec.max_length if spec else None, tokenizer.model_max_length, limit) if x)
     return base if requested is None else max(1, min(requested, base))
 

@@ -138,7 +138,7 @@ def load_tokenizer(model: str, max_length: int, train_texts: Iterable[str] | Non
     if is_preset(model):
         if train_texts is None:
             raise ValueError(f"preset {model!r} trains its tokenizer on the training titles; pass train_texts")
-        return train_wordpiece_tokenizer(train_texts, vocab_size or PRESETS[model].recipe.vocab_size or 4000, max_length)
+        return train_wordpiece_tokenizer(train_texts, vocab_size or PRESETS[model].recipe.vocab_size, max_length)
     from transformers import AutoTokenizer
 
     try:
@@ -253,6 +253,12 @@ def load_classifier(path: str) -> Any:
             hf_logging.enable_progress_bar()
 
 
+def position_offset(config: Any) -> int:
+    """Position-table rows a model spends before its first token: RoBERTa-family models number positions from
+    pad_token_id + 1 (so max_length tokens need max_length + 2 rows), others from 0 (ModernBERT's are rotary)."""
+    return config.pad_token_id + 1 if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert") else 0
+
+
 def check_compatible(tokenizer: Any, config: Any, max_length: int) -> None:
     """Fail loudly on the two mismatches that otherwise corrupt training without an error.
 
@@ -261,11 +267,11 @@ def check_compatible(tokenizer: Any, config: Any, max_length: int) -> None:
     """
     if tokenizer.pad_token_id != config.pad_token_id:
         raise ValueError(f"tokenizer pad_token_id {tokenizer.pad_token_id} != model config pad_token_id {config.pad_token_id}")
-    roberta = getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert")
-    needed = max_length + config.pad_token_id + 1 if roberta else max_length
+    offset = position_offset(config)
+    needed = max_length + offset
     if config.max_position_embeddings < needed:
         raise ValueError(
-            f"max_length {max_length} needs max_position_embeddings >= {needed}{' for RoBERTa' if roberta else ''} "
+            f"max_length {max_length} needs max_position_embeddings >= {needed}{' for RoBERTa' if offset else ''} "
             f"(has {config.max_position_embeddings}); lower --max_length"
         )
     if len(tokenizer) > config.vocab_size:
