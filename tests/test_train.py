@@ -27,6 +27,22 @@ def test_two_worker_fit_streams_data_without_deadlock(trained):
     assert final["macro_f1"] > 0.2, "must beat chance (0.14) and the majority class (macro-F1 ~0.08)"
 
 
+def test_every_epoch_reshuffles_the_whole_shard(ray_session):
+    # Blocks reach a worker in the same order every epoch; the shuffle buffer must still mix the whole shard.
+    import ray
+
+    from ynat_ray.train import shuffle_options
+
+    ds = ray.data.range(10_000, override_num_blocks=40).materialize()
+    orders = []
+    for epoch in (0, 1):
+        batches = list(ds.iterator().iter_batches(batch_size=64, batch_format="numpy", **shuffle_options(64, 42, epoch)))
+        assert max(batches[0]["id"]) >= 7500, "the first batch must draw from the far end of the shard"
+        orders.append([int(i) for b in batches for i in b["id"]])
+    assert sorted(orders[0]) == sorted(orders[1]) == list(range(10_000)), "no row lost or repeated"
+    assert orders[0] != orders[1], "each epoch reshuffles"
+
+
 def test_checkpoint_is_a_pipeline_ready_hf_directory(checkpoint_dir):
     from transformers import pipeline
 

@@ -104,6 +104,23 @@ class EpochProgress:
             self.bar.close()
 
 
+# Rows of token ids each worker shuffles in memory (a few MB): a worker's shard of the embedded 10k rows, or of
+# any run up to this many rows per worker, fits whole, so every epoch is a full reshuffle of it. The cost: each
+# epoch's first batch waits until this many rows (or the whole shard) have streamed in.
+SHUFFLE_BUFFER_ROWS = 20_000
+
+
+def shuffle_options(batch_size: int, seed: int, epoch: int) -> dict[str, int]:
+    """`iter_torch_batches`' shuffle: a buffer of at least SHUFFLE_BUFFER_ROWS rows, reseeded every epoch.
+
+    Why so large: Ray Data hands each worker its blocks in the same order every epoch, and a 16-batch buffer
+    (the old value) only mixed neighbouring rows, so every epoch repeated nearly the same batches. With the
+    whole shard in the buffer the default's lowest validation loss fell from 0.98-1.06 to 0.86-0.98 over three
+    seeds (docs/tuning.md, round 6).
+    """
+    return {"local_shuffle_buffer_size": max(batch_size * 16, SHUFFLE_BUFFER_ROWS), "local_shuffle_seed": seed + epoch}
+
+
 def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: no weight decay on biases and LayerNorm weights (as in BERT/RoBERTa recipes)."""
     decay, no_decay = [], []
@@ -189,8 +206,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         batches = train_shard.iter_torch_batches(
             batch_size=cfg.batch_size,
             collate_fn=train_collate,
-            local_shuffle_buffer_size=cfg.batch_size * 16,
-            local_shuffle_seed=cfg.seed + epoch,
+            **shuffle_options(cfg.batch_size, cfg.seed, epoch),
         )
         for step, batch in enumerate(batches, start=1):
             with autocast(precision, device.type):
