@@ -39,12 +39,12 @@ def held_out_rows(dev_path: str) -> pd.DataFrame:
 
 def tfidf_macro_f1(rows: pd.DataFrame) -> float:
     """bench/tfidf_baseline.py's model (char_wb 1-3 grams, C=10 as chosen there on validation) on these rows."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
+    from tfidf_baseline import tfidf_vectorizer
 
     train = embedded_split("train")
-    vectorizer = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), sublinear_tf=True, min_df=2)
+    vectorizer = tfidf_vectorizer()
     model = LogisticRegression(C=10.0, max_iter=2000).fit(vectorizer.fit_transform(train["title"]), train["label"])
     return float(f1_score(rows["label"], model.predict(vectorizer.transform(rows["title"])), average="macro"))
 

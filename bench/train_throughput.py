@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ynat_ray.config import YnatConfig  # noqa: E402
 from ynat_ray.data import embedded_split, read_rows  # noqa: E402
-from ynat_ray.features import pad_batch  # noqa: E402
+from ynat_ray.features import pad_token_ids  # noqa: E402
 from ynat_ray.modeling import build_model, default_learning_rate, load_tokenizer  # noqa: E402
 from ynat_ray.precision import autocast  # noqa: E402
 from ynat_ray.train import param_groups  # noqa: E402
@@ -50,9 +50,9 @@ def plain_loop(model_name: str, tokenizer, rows: pd.DataFrame, precision: str) -
     model.train()
     start = time.perf_counter()
     for i in range(0, len(ids), BATCH):
-        x, mask = pad_batch(ids[i : i + BATCH], tokenizer.pad_token_id)
+        batch = pad_token_ids(tokenizer, ids[i : i + BATCH], return_tensors="pt")
         with autocast(precision, "cpu"):
-            loss = model(input_ids=torch.from_numpy(x), attention_mask=torch.from_numpy(mask), labels=labels[i : i + BATCH]).loss
+            loss = model(**batch, labels=labels[i : i + BATCH]).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -108,13 +108,13 @@ def ray_one_worker(model_name: str, rows: pd.DataFrame, precision: str, storage:
 
 def tfidf_baseline(train: pd.DataFrame, test: pd.DataFrame) -> tuple[float, float, float]:
     """Char n-gram TF-IDF + logistic regression: (seconds to fit and score, accuracy, macro-F1)."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
+    from tfidf_baseline import tfidf_vectorizer
 
     from ynat_ray.metrics import classification_metrics
 
     start = time.perf_counter()
-    vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 3), min_df=2, sublinear_tf=True)
+    vec = tfidf_vectorizer()
     clf = LogisticRegression(max_iter=2000, C=5.0).fit(vec.fit_transform(train["title"]), train["label"])
     pred = clf.predict(vec.transform(test["title"]))
     scores = classification_metrics(test["label"].tolist(), pred.tolist())
