@@ -27,12 +27,13 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ynat_ray.data import embedded_split  # noqa: E402
+from ynat_ray.config import YnatConfig  # noqa: E402
+from ynat_ray.data import embedded_split, read_rows  # noqa: E402
 
 
 def held_out_rows(dev_path: str) -> pd.DataFrame:
-    """YNAT dev rows minus the embedded validation and test rows (by guid)."""
-    dev = pd.read_json(dev_path, lines=True)
+    """YNAT dev rows (read and validated by the project's row reader) minus the embedded validation and test rows."""
+    dev = read_rows(dev_path, YnatConfig())
     taken = set(embedded_split("validation")["guid"]) | set(embedded_split("test")["guid"])
     return dev[~dev["guid"].isin(taken)].reset_index(drop=True)
 

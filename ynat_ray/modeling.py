@@ -184,8 +184,8 @@ def build_model(
 def preset_config(p: Preset, tokenizer: Any, max_length: int, hidden_dropout: float | None, attention_dropout: float | None) -> Any:
     """The transformers config of a from-scratch preset: its shape, the tokenizer's ids and the 7 YNAT labels.
 
-    RoBERTa numbers positions from pad_token_id + 1, so max_length tokens need max_length + 2 rows; dropouts left at
-    None are RobertaConfig's defaults. ModernBERT (`_modernbert_options`) classifies from the mean of its token states.
+    RoBERTa's position table gets `position_offset` extra rows; dropouts left at None are RobertaConfig's defaults.
+    ModernBERT (`_modernbert_options`) classifies from the mean of its token states.
     """
     from transformers import ModernBertConfig, RobertaConfig
 
@@ -204,7 +204,9 @@ def preset_config(p: Preset, tokenizer: Any, max_length: int, hidden_dropout: fl
     }
     if p.architecture == "modernbert":
         return ModernBertConfig(**common, **_modernbert_options(p, tokenizer, max_length, hidden_dropout, attention_dropout))
-    return RobertaConfig(**common, max_position_embeddings=max_length + 2, **_bert_dropout(hidden_dropout, attention_dropout))
+    config = RobertaConfig(**common, **_bert_dropout(hidden_dropout, attention_dropout))
+    config.max_position_embeddings = max_length + position_offset(config)
+    return config
 
 
 def _bert_dropout(hidden_dropout: float | None, attention_dropout: float | None) -> dict[str, float]:
