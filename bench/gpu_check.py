@@ -353,7 +353,8 @@ def build_model_dir(plan: Plan, work: str) -> dict[str, Any]:
     from unittest import mock
 
     from ynat_ray.data import embedded_split
-    from ynat_ray.modeling import PRESETS, Preset, build_model, train_wordpiece_tokenizer
+    from ynat_ray.modeling import PRESETS, Preset, build_model
+    from ynat_ray.vocab import train_wordpiece_tokenizer
 
     titles = embedded_split("train")["title"].tolist()  # all 10k embedded titles, like a preset would see with no cap
     tokenizer = train_wordpiece_tokenizer(titles, plan.vocab_size, plan.max_length)

@@ -19,7 +19,8 @@ from ynat_ray.checkpoint import CACHE_ENV, ONNX_FP32_FILE, ONNX_INT8_FILE, PARIT
 from ynat_ray.data import embedded_split
 from ynat_ray.export import FP32_MAX_ABS_DIFF, _softmax, export_checkpoint, int8_settings, load_parity, ort_session
 from ynat_ray.features import encode_texts
-from ynat_ray.modeling import build_model, train_wordpiece_tokenizer
+from ynat_ray.modeling import build_model
+from ynat_ray.vocab import train_wordpiece_tokenizer
 
 MAX_LENGTH = 64
 ROWS = 300  # validation rows for the parity check: enough for a 1% disagreement budget to mean something

@@ -48,8 +48,9 @@ def test_model_config_matches_tokenizer_and_labels(tokenizer):
     assert logits.shape == (2, 7)
 
 
-def test_default_preset_is_a_mean_pooled_modernbert(tokenizer):
-    """ynat-wide classifies from the mean of its token states, so a title's meaning does not hang on [CLS]."""
+def test_wide_preset_is_a_mean_pooled_modernbert(tokenizer):
+    """ynat-wide (and the default ynat-bigram, its shape over other tokens: tests/test_vocab.py) classifies from the
+    mean of its token states, so a title's meaning does not hang on [CLS]."""
     model = build_model("ynat-wide", tokenizer, MAX_LEN, hidden_dropout=0.3, attention_dropout=0.2).eval()
     cfg = model.config
     assert cfg.model_type == "modernbert" and cfg.classifier_pooling == "mean"
@@ -132,8 +133,8 @@ def test_token_dropout_masks_only_real_tokens_and_only_in_training_batches(token
 
 def test_recipes_fill_only_what_the_user_left_open():
     default = YnatConfig(epochs=2).with_recipe()
-    assert default.model == "ynat-wide" and default.epochs == 2 and default.learning_rate > 1e-4
-    assert default.hidden_dropout is not None and default.vocab_size in (4000, 8000)
+    assert default.model == "ynat-bigram" and default.epochs == 2 and default.learning_rate > 1e-4
+    assert default.hidden_dropout is not None and default.vocab_size == 16000
     tiny = YnatConfig(model="ynat-tiny", vocab_size=2000).with_recipe()
     assert tiny.vocab_size == 2000 and tiny.epochs == 7, "each preset has its own tuned recipe; a given value wins"
     roberta = YnatConfig(model="klue/roberta-base").with_recipe()

@@ -98,6 +98,7 @@ def plot_trials(table: Sequence[dict[str, Any]], curves: dict[str, Sequence[dict
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     fig, (ax_lr, ax_curve) = plt.subplots(1, 2, figsize=(11, 4.2))
     for row in table:
@@ -108,6 +109,10 @@ def plot_trials(table: Sequence[dict[str, Any]], curves: dict[str, Sequence[dict
         tag = row["trial"].split("_")[-1]
         ax_lr.annotate(tag, (row["learning_rate"], row[metric]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     ax_lr.set_xscale("log")
+    # A search often spans less than a decade: label a few round values, not every crowded minor tick.
+    ax_lr.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+    ax_lr.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:.2g}"))
+    ax_lr.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax_lr.set_xlabel("learning rate")
     ax_lr.set_ylabel(f"best {metric}")
     ax_lr.set_title("trials (hollow: stopped early by ASHA)")

@@ -63,9 +63,10 @@ class YnatConfig:
     # ---- model ------------------------------------------------------------------------------
     model: str = _help(
         "A hub id (e.g. klue/roberta-base), a local HF model directory, or an offline preset: "
-        "'ynat-wide' (default: 1 layer x 256, mean-pooled ModernBERT, trains in minutes on a laptop), or the RoBERTa "
-        "presets 'ynat-tiny' (2 layers x 128), 'ynat-mini' (2 x 256) and 'ynat-small' (6 x 384).",
-        default="ynat-wide",
+        "'ynat-bigram' (default: 1 layer x 256, mean-pooled ModernBERT over syllable bigrams, trains in minutes on a "
+        "laptop), 'ynat-wide' (the same over WordPiece), or the RoBERTa presets 'ynat-tiny' (2 layers x 128), "
+        "'ynat-mini' (2 x 256) and 'ynat-small' (6 x 384).",
+        default="ynat-bigram",
     )
     max_length: int | None = _help(
         "Truncate texts to this many tokens. Training: default 64 (YNAT titles are ~20). Inference: default the "
@@ -74,7 +75,8 @@ class YnatConfig:
         default=None,
     )
     vocab_size: int | None = _help(
-        "WordPiece vocabulary size for the offline presets. Default: the preset's tuned value (docs/tuning.md).", default=None
+        "Vocabulary size (a cap for 'ynat-bigram') of the offline presets' tokenizers. Default: the preset's tuned value (docs/tuning.md).",
+        default=None,
     )
     hidden_dropout: float | None = _help(
         "Dropout on hidden states and the classifier head (HF hidden_dropout_prob). Default: the tuned value for presets "

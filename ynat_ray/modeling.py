@@ -1,21 +1,19 @@
 """Tokenizer and model construction: hub ids, local HF directories, and the offline presets.
 
 Why presets: the HF hub is not always reachable (laptops on planes, locked-down clusters, CI). A preset
-trains a WordPiece tokenizer on the training titles and pairs it with a small RobertaConfig, so the
-whole pipeline runs offline on real Korean text. With the hub, `--model klue/roberta-base` is the
+trains its tokenizer on the training titles (`ynat_ray.vocab`) and pairs it with a small stock encoder config, so
+the whole pipeline runs offline on real Korean text. With the hub, `--model klue/roberta-base` is the
 real model; nothing ever switches between the two silently.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ynat_ray.labels import ID2LABEL, LABEL2ID, NUM_LABELS
-
-# Special tokens in the order (and so with the ids) klue/roberta-base uses: [CLS]=0 [PAD]=1 [SEP]=2.
-SPECIAL_TOKENS = ("[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]")
+from ynat_ray.vocab import train_tokenizer
 
 
 @dataclass(frozen=True)
@@ -35,15 +33,18 @@ class Recipe:
     hidden_dropout: float | None  # None: the pretrained config's own
     attention_dropout: float | None
     token_dropout: float
-    vocab_size: int | None  # a preset's WordPiece vocabulary; None for a pretrained model (its tokenizer's own)
+    vocab_size: int | None  # a preset's vocabulary size (cap); None for a pretrained model (its tokenizer's own)
 
 
 # `ynat-ray tune`'s picks on the embedded validation rows (docs/tuning.md): rounds 1-4 for the RoBERTa presets,
-# round 5 for the mean-pooled default.
+# round 5 for the mean-pooled WordPiece one; round 7 gave the syllable-bigram default stronger regularisation (its
+# vocabulary, ~12k tokens on the embedded rows, is three times the WordPiece one and overfits faster).
 ROBERTA_PRESET_RECIPE = Recipe(learning_rate=1.88e-3, epochs=7, batch_size=64, warmup_ratio=0.171, weight_decay=6.93e-3,
                                hidden_dropout=0.284, attention_dropout=0.207, token_dropout=0.244, vocab_size=4000)  # fmt: skip
 WIDE_PRESET_RECIPE = Recipe(learning_rate=1.88e-3, epochs=5, batch_size=64, warmup_ratio=0.171, weight_decay=0.05,
                             hidden_dropout=0.4, attention_dropout=0.207, token_dropout=0.3, vocab_size=4000)  # fmt: skip
+BIGRAM_PRESET_RECIPE = Recipe(learning_rate=1.88e-3, epochs=5, batch_size=64, warmup_ratio=0.171, weight_decay=0.1,
+                              hidden_dropout=0.5, attention_dropout=0.207, token_dropout=0.5, vocab_size=16000)  # fmt: skip
 PRETRAINED_RECIPE = Recipe(learning_rate=5e-5, epochs=3, batch_size=32, warmup_ratio=0.1, weight_decay=0.01,
                            hidden_dropout=None, attention_dropout=None, token_dropout=0.0, vocab_size=None)  # fmt: skip
 RECIPE_FIELDS = tuple(Recipe.__dataclass_fields__)
@@ -59,6 +60,8 @@ class Preset:
     without `trust_remote_code`. Why the mean-pooled one is the default: on 10k titles a from-scratch model
     generalises through its token embeddings (a bag of subwords, as a linear model over n-grams does); the mean
     keeps that path one step from the classifier, where [CLS] must first learn to gather it (docs/tuning.md).
+    `tokenizer` is a `ynat_ray.vocab.TOKENIZER_KINDS` kind; the default's syllable bigrams are that bag made of
+    the features a linear model does best with (round 7).
     """
 
     hidden_size: int
@@ -67,17 +70,14 @@ class Preset:
     intermediate_size: int
     architecture: str = "roberta"
     recipe: Recipe = ROBERTA_PRESET_RECIPE
+    tokenizer: str = "wordpiece"
 
 
+# 1 layer x 256, 4 heads, MLP 512, mean-pooled ModernBERT (round 5); the default reads syllable bigrams (round 7).
+_WIDE = Preset(hidden_size=256, num_hidden_layers=1, num_attention_heads=4, intermediate_size=512, architecture="modernbert")
 PRESETS: dict[str, Preset] = {
-    "ynat-wide": Preset(
-        hidden_size=256,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        intermediate_size=512,
-        architecture="modernbert",
-        recipe=WIDE_PRESET_RECIPE,
-    ),
+    "ynat-bigram": replace(_WIDE, recipe=BIGRAM_PRESET_RECIPE, tokenizer="char-bigram"),
+    "ynat-wide": replace(_WIDE, recipe=WIDE_PRESET_RECIPE),
     "ynat-tiny": Preset(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512),
     "ynat-mini": Preset(hidden_size=256, num_hidden_layers=2, num_attention_heads=4, intermediate_size=1024),
     "ynat-small": Preset(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=1536),
@@ -102,43 +102,13 @@ def default_learning_rate(model: str) -> float:
     return recipe_for(model).learning_rate
 
 
-def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int, max_length: int) -> Any:
-    """Train a cased WordPiece tokenizer on the titles and wrap it for transformers.
-
-    Cased and no accent stripping: BertNormalizer(lowercase=True) would decompose Hangul syllables
-    into jamo. Post-processing adds [CLS] ... [SEP] the way RoBERTa checkpoints expect.
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=False)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), min_frequency=2, show_progress=False)
-    tok.train_from_iterator(list(texts), trainer)
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        cls_token="[CLS]",
-        pad_token="[PAD]",
-        sep_token="[SEP]",
-        unk_token="[UNK]",
-        mask_token="[MASK]",
-        model_input_names=["input_ids", "attention_mask"],
-        model_max_length=max_length,
-    )
-
-
 def load_tokenizer(model: str, max_length: int, train_texts: Iterable[str] | None = None, vocab_size: int | None = None) -> Any:
     """Tokenizer for `model`: trained on `train_texts` for a preset, else AutoTokenizer.from_pretrained."""
     if is_preset(model):
         if train_texts is None:
             raise ValueError(f"preset {model!r} trains its tokenizer on the training titles; pass train_texts")
-        return train_wordpiece_tokenizer(train_texts, vocab_size or PRESETS[model].recipe.vocab_size, max_length)
+        preset = PRESETS[model]
+        return train_tokenizer(preset.tokenizer, train_texts, vocab_size or preset.recipe.vocab_size, max_length)
     from transformers import AutoTokenizer
 
     try:
