@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.metrics import f1_score  # noqa: E402
+from tfidf_baseline import tfidf_vectorizer  # noqa: E402  (a sibling script: bench/ is on sys.path)
 
 from ynat_ray.data import embedded_split  # noqa: E402
 from ynat_ray.vocab import train_char_bigram_tokenizer, train_wordpiece_tokenizer  # noqa: E402
@@ -43,12 +44,13 @@ def feature_sets(train_titles: list[str]) -> dict[str, TfidfVectorizer]:
     sets = {f"WordPiece {v} tokens": token_features(tok.tokenize) for v, tok in wordpiece.items()}
     sets["WordPiece 4000 tokens + token pairs"] = token_features(wordpiece[4000].tokenize, (1, 2))
     sets["ynat-bigram tokens (the default tokenizer)"] = token_features(bigram.tokenize)
+    # bench/tfidf_baseline.py's vectorizer (char_wb, sublinear tf, min_df 2), over singles, pairs or 1-3-grams.
     for name, ngrams in (
         ("single characters", (1, 1)),
         ("character pairs inside words", (2, 2)),
         ("character 1-3-grams inside words (the yardstick)", (1, 3)),
     ):
-        sets[name] = TfidfVectorizer(analyzer="char_wb", ngram_range=ngrams, sublinear_tf=True, min_df=2)
+        sets[name] = tfidf_vectorizer().set_params(ngram_range=ngrams)  # the yardstick's features, other n-grams
     return sets
 
 
