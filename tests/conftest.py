@@ -30,6 +30,12 @@ TRAINED_MAX_LENGTH = 48
 CLUSTER_CPUS = 2  # what this project's CI and a small laptop have; do not inflate it to hide deadlocks
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Multi-node tests first: their cluster (head + 2 workers) is torn down before the session's one-node cluster
+    starts, so the two never share the 2 CPUs."""
+    items.sort(key=lambda item: 0 if item.get_closest_marker("multinode") else 1)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -104,3 +104,18 @@ def test_tune_scheduler_mistakes_are_one_line_before_ray_starts(files: dict[str,
     # The shipped space searches up to 6 epochs; ASHA would otherwise fail with a bare assert after Ray started.
     line = one_line_error(run_cli("tune", "--storage_path", str(files["root"] / "runs"), *flags))
     assert line == f"ynat-ray: error: {message}"
+
+
+def test_serve_on_a_busy_port_names_the_process_holding_it(tmp_path: Path) -> None:
+    """A port held by a process this command did not start (say, an orphaned HAProxy after `ray stop --force`):
+    one line that names the holder and suggests --port, before Ray starts; the holder is left alone."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = run_cli("serve", "--checkpoint", str(tmp_path), "--port", str(port))
+        line = one_line_error(done)
+        assert f"port {port} on 127.0.0.1 is in use by" in line and f"pid {os.getpid()}" in line and "--port" in line, line
+        holder.getsockname()  # still open: nothing was killed

@@ -96,6 +96,22 @@ def test_cpu_plan_leaves_room_for_ray_data():
         plan_workers(2, 2.0, cpus_per_worker=1.0)
 
 
+def test_cpu_plan_fits_the_nodes_not_the_cluster_total():
+    """3 nodes of 1 CPU: a plan over the total (3 CPUs) asked for 2 x 1.12 CPU, which no node holds, and hung."""
+    from ynat_ray.resources import fits, largest_fitting_share
+
+    plan = plan_workers(2, [1.0, 1.0, 1.0])
+    assert plan.cpus_per_worker == 1.0 and fits([1.0, 1.0, 1.0], 2, plan.cpus_per_worker, plan.data_task_cpus)
+    # Two 1.5-CPU nodes, 2 workers: the total's share (1.12) would leave no node room for a Data task; 0.75 does.
+    plan = plan_workers(2, [1.5, 1.5])
+    assert plan.cpus_per_worker == 0.75 and fits([1.5, 1.5], 2, plan.cpus_per_worker, plan.data_task_cpus)
+    # One machine: the plan is what it always was.
+    assert plan_workers(2, [2.0]) == plan_workers(2, 2.0)
+    # A Tune trial's budget caps the share, and STRICT_SPREAD needs a node per worker.
+    assert plan_workers(1, [4.0, 4.0], budget=2.0).cpus_per_worker == 1.5
+    assert largest_fitting_share([1.0], 2, 0.5, 0.25, spread=True) == 0.5  # nothing fits: wait_for_placement says so
+
+
 def test_config_file_and_flags_share_one_object(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("epochs: 7\nmodel: klue/roberta-base\nnum_workers: 4\n")

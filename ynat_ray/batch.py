@@ -22,6 +22,8 @@ dropped or reordered silently. The same pass yields accuracy and macro-F1 when t
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -43,8 +45,7 @@ WRITE_CPUS = 0.25
 # Rows per predictor call: several forward passes of --eval_batch_size each, sorted by length across the
 # whole call (less padding), and few enough calls that Ray's per-task overhead stays small next to the model.
 ROWS_PER_CALL = 1024
-ROWS_PER_FILE = 100_000  # output rows gathered into one file (fewer, larger files than one per block)
-PREDICTED_COLUMNS = ("guid", "label", "score", "gold", "source", "row")
+PREDICTED_COLUMNS = ("guid", "label", "score", "gold", "source", "row", "row_id")
 SCORE_PREFIX = "scores_"
 OUTPUT_SUFFIXES = (".parquet", ".jsonl")
 
@@ -90,8 +91,9 @@ def predict_table(clf: Any, batch: pa.Table, cfg: YnatConfig) -> pa.Table:
     if cfg.all_scores:
         for j, name in enumerate(clf.labels):
             columns[f"{SCORE_PREFIX}{name}"] = pa.array(probs[:, j], pa.float32())
-    for name in ("gold", "source", "row"):
-        columns[name] = batch.column(name)
+    for name in ("gold", "source", "row", "row_id"):
+        if name in batch.column_names:
+            columns[name] = batch.column(name)
     return pa.table(columns)
 
 
@@ -106,8 +108,8 @@ def check_config(cfg: YnatConfig) -> None:
             raise ValueError(f"predict-batch needs --{name}")
     if cfg.text_column in PREDICTED_COLUMNS or cfg.text_column.startswith(SCORE_PREFIX):
         raise ValueError(f"--text_column {cfg.text_column!r} clashes with an output column ({', '.join(PREDICTED_COLUMNS)})")
-    if cfg.num_actors < 1 or cfg.eval_batch_size < 1:
-        raise ValueError("--num_actors and --eval_batch_size must be >= 1")
+    if cfg.num_actors < 1 or cfg.eval_batch_size < 1 or cfg.rows_per_file < 1:
+        raise ValueError("--num_actors, --eval_batch_size and --rows_per_file must be >= 1")
 
 
 def prepare_engine(cfg: YnatConfig) -> str:
@@ -116,8 +118,6 @@ def prepare_engine(cfg: YnatConfig) -> str:
     Why in the driver: N actors would otherwise race to export the same checkpoint (a lock makes that safe,
     but all but one would wait), and the user should see the engine choice before the job runs.
     """
-    import os
-
     from ynat_ray.inference import choose_backend
 
     path = (cfg.checkpoint or "").removeprefix("file://")
@@ -131,14 +131,19 @@ def prepare_engine(cfg: YnatConfig) -> str:
     return f"{choice.name} ({choice.reason})"
 
 
-def check_cpu_budget(cfg: YnatConfig, cluster_cpus: float) -> None:
-    """CPU actors plus one read and one write task must fit, or Ray Data would wait forever.
+def check_cpu_budget(cfg: YnatConfig, cluster_cpus: float, node_cpus: list[float] | None = None) -> None:
+    """CPU actors plus one read and one write task must fit the cluster, and each actor one node, or Ray Data
+    would wait forever.
 
     GPU actors are not checked: on an autoscaling cluster their nodes (and CPUs) appear once requested.
     """
+    from ynat_ray.resources import PlacementError, describe_nodes
+
+    if cfg.actor_gpus == 0 and node_cpus and cfg.actor_cpus > max(node_cpus):
+        raise PlacementError(f"--actor_cpus {cfg.actor_cpus:g} fits no node: the cluster has {describe_nodes(node_cpus)}")
     need = cfg.num_actors * cfg.actor_cpus + READ_CPUS + WRITE_CPUS
     if cfg.actor_gpus == 0 and need > cluster_cpus:
-        raise ValueError(
+        raise PlacementError(
             f"{cfg.num_actors} actor(s) x {cfg.actor_cpus:g} CPU + {READ_CPUS + WRITE_CPUS:g} CPU for reading/writing needs "
             f"{need:g} CPUs but the cluster has {cluster_cpus:g}; lower --num_actors or --actor_cpus "
             f"(e.g. --actor_cpus {max(0.25, (cluster_cpus - READ_CPUS - WRITE_CPUS) / cfg.num_actors):.2f})"
@@ -150,34 +155,78 @@ def default_quarantine_path(output: str) -> str:
     return output.rstrip("/") + ".quarantine.jsonl"
 
 
-def prepare_output(output: str, quarantine: str, overwrite: bool) -> None:
-    """Refuse a non-empty output directory unless --overwrite; clear a stale quarantine file.
+def in_progress_path(output: str) -> str:
+    """The marker of a run that has not finished writing `output` (beside it, like the quarantine file).
+
+    While it exists, the same command resumes instead of refusing the non-empty output; success removes it.
+    """
+    return output.rstrip("/") + ".in-progress.json"
+
+
+def _remove(uri: str) -> None:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=True)
+
+
+def prepare_output(cfg: YnatConfig, quarantine: str) -> bool:
+    """Refuse a non-empty output directory unless --overwrite or it belongs to an unfinished run of the same
+    output (`mark_in_progress`); clear a stale quarantine file. Returns True when this run resumes one.
 
     --overwrite only ever deletes a directory of prediction files, so a mistyped --output (say, the data
     directory or $HOME) is an error instead of a disaster.
     """
     import fsspec
 
+    output, marker = cfg.output or "", in_progress_path(cfg.output or "")
+    mfs, mpath = fsspec.core.url_to_fs(marker)
+    resuming = mfs.exists(mpath) and not cfg.overwrite
     fs, path = fsspec.core.url_to_fs(output)
     if fs.exists(path) and (not fs.isdir(path) or fs.ls(path)):
-        if not overwrite:
-            raise FileExistsError(f"{output} already exists and is not empty; pass --overwrite to replace it or pick a new --output")
-        foreign = [p for p in (fs.find(path) if fs.isdir(path) else [path]) if not p.endswith(OUTPUT_SUFFIXES)]
-        if foreign:
+        # (an object store may list the folder's own marker object, "bucket/preds/", among its files)
+        found = [p for p in (fs.find(path) if fs.isdir(path) else [path]) if p.rstrip("/") != path.rstrip("/")]
+        foreign = [p for p in found if not p.endswith(OUTPUT_SUFFIXES)]
+        if foreign and (cfg.overwrite or resuming):
             raise FileExistsError(f"{output} holds files that are not predictions (e.g. {foreign[0]}); refusing to overwrite it")
-        fs.rm(path, recursive=True)
+        if not cfg.overwrite and not resuming:
+            raise FileExistsError(f"{output} already exists and is not empty; pass --overwrite to replace it or pick a new --output")
+        if cfg.overwrite:
+            fs.rm(path, recursive=True)
     qfs, qpath = fsspec.core.url_to_fs(quarantine)
     if qfs.exists(qpath):
         qfs.rm(qpath)
+    return resuming
+
+
+def mark_in_progress(cfg: YnatConfig) -> None:
+    """Written just before the first prediction file can be: from here on, a stopped run is one to resume."""
+    import fsspec
+
+    with fsspec.open(in_progress_path(cfg.output or ""), "w") as fh:
+        json.dump({"input": cfg.input, "output": cfg.output, "output_format": cfg.output_format}, fh)
+
+
+def written_row_ids(output: str, output_format: str) -> np.ndarray:
+    """The row_ids already in `output`'s prediction files, sorted; a file a killed run left half-written (it does
+    not parse) is deleted, so its rows are predicted again. Exactly once holds per row, whatever the files."""
+    import fsspec
+
+    ids = []
+    for path in output_files(output, output_format):
+        try:
+            ids.append(read_output_file(path, ["row_id"])["row_id"].to_numpy(dtype=np.int64))
+        except Exception:  # noqa: BLE001 - truncated parquet (no footer) or a cut-off JSON line
+            fs, local = fsspec.core.url_to_fs(path)
+            fs.rm(local)
+    return np.unique(np.concatenate(ids)) if ids else np.array([], np.int64)
 
 
 def remove_output(output: str) -> None:
-    """Delete what a failed run wrote (prepare_output made sure nothing else was there)."""
-    import fsspec
-
-    fs, path = fsspec.core.url_to_fs(output)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    """Delete what a failed run wrote (prepare_output made sure nothing else was there), and its marker."""
+    _remove(output)
+    _remove(in_progress_path(output))
 
 
 @contextlib.contextmanager
@@ -193,11 +242,13 @@ def preserved_order() -> Iterator[None]:
         options.preserve_order = before
 
 
-def build_dataset(cfg: YnatConfig, files: list[str], ledger: Any) -> Any:
-    """The lazy Ray Dataset: file list -> validated rows -> predictions (written by `write_output`)."""
+def build_dataset(cfg: YnatConfig, files: list[str], ledger: Any, done: np.ndarray | None = None) -> Any:
+    """The lazy Ray Dataset: file list -> validated rows (less the row_ids in `done`) -> predictions (written by
+    `write_output`)."""
     import ray
 
-    ds = ray.data.read_datasource(YnatFilesDatasource(files, cfg, ledger), num_cpus=READ_CPUS)
+    source = YnatFilesDatasource(files, cfg, ledger, with_row_id=True, skip_row_ids=done)
+    ds = ray.data.read_datasource(source, num_cpus=READ_CPUS)
     return ds.map_batches(
         Predictor,
         fn_constructor_kwargs={"cfg": cfg},
@@ -213,14 +264,14 @@ def build_dataset(cfg: YnatConfig, files: list[str], ledger: Any) -> Any:
 def write_output(ds: Any, cfg: YnatConfig) -> None:
     remote = {"num_cpus": WRITE_CPUS}
     if cfg.output_format == "parquet":
-        ds.write_parquet(cfg.output, min_rows_per_file=ROWS_PER_FILE, ray_remote_args=remote)
+        ds.write_parquet(cfg.output, min_rows_per_file=cfg.rows_per_file, ray_remote_args=remote)
     else:
         from ray.data.datasource import FilenameProvider
 
         ds.write_json(
             cfg.output,
             filename_provider=FilenameProvider(file_format="jsonl"),
-            min_rows_per_file=ROWS_PER_FILE,
+            min_rows_per_file=cfg.rows_per_file,
             ray_remote_args=remote,
             force_ascii=False,  # Korean stays readable
         )
@@ -244,6 +295,7 @@ def output_files(output: str, output_format: str) -> list[str]:
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(output)
+    fs.invalidate_cache(path)  # s3fs caches listings: a listing from before this run's writes would be stale
     suffix = OUTPUT_SUFFIXES[0] if output_format == "parquet" else OUTPUT_SUFFIXES[1]
     if not fs.exists(path):
         return []
@@ -266,17 +318,18 @@ def read_output_file(path: str, columns: list[str] | None = None) -> Any:
     return frame if columns is None else frame[columns]
 
 
-def scan_output(output: str, output_format: str, inputs: list[str]) -> OutputScan:
-    """Count the written rows, check they follow input order, and collect gold/predicted ids."""
+def scan_output(output: str, output_format: str, inputs: list[str], resumed: bool = False) -> OutputScan:
+    """Count the written rows, check each input row is there at most once (and, for a run in one go, in input
+    order), and collect gold/predicted ids. A resumed run's files interleave with the first run's, so only
+    uniqueness is checked across them."""
     scan = OutputScan(files=output_files(output, output_format))
-    position = {p: i for i, p in enumerate(inputs)}
-    last = -1
+    last, seen = -1, []
     for path in scan.files:
-        frame = read_output_file(path, ["source", "row", "gold", "label"])
-        # One sortable number per row: (input file index, row in that file).
-        keys = (frame["source"].map(position).to_numpy(dtype=np.int64) << 40) + frame["row"].to_numpy(dtype=np.int64)
+        frame = read_output_file(path, ["source", "row", "gold", "label", "row_id"])
+        keys = frame["row_id"].to_numpy(dtype=np.int64)  # (input file index << 40) + row: sortable, see rows.row_ids
+        seen.append(keys)
         steps = np.diff(np.concatenate([[last], keys]))
-        if (steps <= 0).any():
+        if not resumed and (steps <= 0).any():
             at = int(np.argmax(steps <= 0))
             raise OutputMismatchError(f"{path}: row {frame['row'].iloc[at]} of {frame['source'].iloc[at]} is out of input order")
         last = int(keys[-1]) if len(keys) else last
@@ -284,28 +337,37 @@ def scan_output(output: str, output_format: str, inputs: list[str]) -> OutputSca
         labeled = frame[frame["gold"].notna()]
         scan.gold += [LABEL2ID[g] for g in labeled["gold"]]
         scan.predicted += [LABEL2ID[p] for p in labeled["label"]]
+    every = np.concatenate(seen) if seen else np.array([], np.int64)
+    unique, counts = np.unique(every, return_counts=True)
+    if (counts > 1).any():
+        key = int(unique[np.argmax(counts > 1)])
+        raise OutputMismatchError(f"row {key & ((1 << 40) - 1)} of {inputs[key >> 40]} was written {counts.max()} times")
     return scan
 
 
-def execute(cfg: YnatConfig, files: list[str]) -> tuple[float, int, list[BadRow]]:
+def execute(cfg: YnatConfig, files: list[str], done: np.ndarray | None = None) -> tuple[float, int, list[BadRow]]:
     """Run the pipeline to the written files: (seconds, input rows, skipped rows).
 
     On failure the partial output is deleted, and a read task's DataValidationError is re-raised as itself.
     """
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    ledger = ray.remote(num_cpus=0)(RowLedger).remote()
+    # On the driver's node: the ledger must outlive the loss of any other node (its counts are the check below).
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    ledger = ray.remote(num_cpus=0, scheduling_strategy=here)(RowLedger).remote()
     started = time.perf_counter()
     try:
         with preserved_order():
-            write_output(build_dataset(cfg, files, ledger), cfg)
+            write_output(build_dataset(cfg, files, ledger, done), cfg)
         seconds = time.perf_counter() - started
         input_rows, bad = ray.get(ledger.totals.remote())
     except Exception as err:
-        remove_output(cfg.output)  # never leave a partial result that looks like a finished one
         validation = unwrap_validation_error(err)
         if validation is not None:
+            remove_output(cfg.output)  # a data error: never leave a partial result (a rerun must not resume past it)
             raise DataValidationError(validation.source, validation.row, validation.field, validation.reason) from None
+        print("[ynat-ray] predict-batch failed; run the same command again to resume (or pass --overwrite to start over)", flush=True)
         raise
     finally:
         ray.kill(ledger)
@@ -318,13 +380,17 @@ def run_batch_prediction(cfg: YnatConfig) -> dict[str, Any]:
 
     from ynat_ray.cluster import init_ray
     from ynat_ray.metrics import classification_metrics, format_report
+    from ynat_ray.resources import alive_node_cpus
 
     check_config(cfg)
     files = expand_paths(cfg.input)
     quarantine = cfg.quarantine_path or default_quarantine_path(cfg.output)
-    prepare_output(cfg.output, quarantine, cfg.overwrite)
+    resuming = prepare_output(cfg, quarantine)
+    done = written_row_ids(cfg.output, cfg.output_format) if resuming else None
     init_ray(verbose=cfg.verbose)
-    check_cpu_budget(cfg, ray.cluster_resources().get("CPU", 0.0))
+    check_cpu_budget(cfg, ray.cluster_resources().get("CPU", 0.0), alive_node_cpus())
+    if done is not None:
+        print(f"[ynat-ray] resuming an unfinished run: {len(done)} row(s) already in {cfg.output} are kept, the rest predicted", flush=True)
     print(
         f"[ynat-ray] predict-batch: {len(files)} file(s) from {cfg.input} -> {cfg.output} ({cfg.output_format}); "
         f"{cfg.num_actors} actor(s) x {cfg.actor_cpus:g} CPU / {cfg.actor_gpus:g} GPU, batch {cfg.eval_batch_size}; "
@@ -332,11 +398,13 @@ def run_batch_prediction(cfg: YnatConfig) -> dict[str, Any]:
         flush=True,
     )
 
-    seconds, input_rows, bad = execute(cfg, files)
+    mark_in_progress(cfg)
+    seconds, input_rows, bad = execute(cfg, files, done)
     quarantined = write_quarantine(bad, quarantine)
-    scan = scan_output(cfg.output, cfg.output_format, files)
+    scan = scan_output(cfg.output, cfg.output_format, files, resumed=resuming)
     if scan.rows != input_rows - quarantined:
         raise OutputMismatchError(f"wrote {scan.rows} rows but the input has {input_rows} rows and {quarantined} were quarantined")
+    _remove(in_progress_path(cfg.output))
 
     summary: dict[str, Any] = {
         "input": cfg.input,

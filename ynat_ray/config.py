@@ -133,6 +133,16 @@ class YnatConfig:
     )
     run_name: str | None = _help("Run name. Default: a unique one (reusing a name resumes that run).", default=None)
     max_failures: int = _help("Worker-group restarts allowed; training resumes from the latest checkpoint.", default=2)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_SPREAD"] = _help(
+        "How Train workers are placed on nodes (Ray's placement strategies): 'PACK' (default) fills as few nodes as "
+        "possible, 'SPREAD' spreads them where it can, 'STRICT_SPREAD' puts every worker on a different node.",
+        default="PACK",
+    )
+    placement_timeout_s: float = _help(
+        "Wait at most this long for the nodes to hold the workers (or batch actors), then stop with one line that "
+        "says what was asked and what the nodes have. Raise it on an autoscaling cluster whose nodes take longer to start.",
+        default=120.0,
+    )
     num_to_keep: int = _help("Checkpoints to keep, the best by validation macro-F1.", default=2)
     verbose: bool = _help("Show Ray's own INFO logs (start-up, Ray Data execution plans, Serve controller) on the console.", default=False)
     push_to_hub: str | None = _help("After training, push the best model + tokenizer to this hub repo id.", default=None)
@@ -151,7 +161,11 @@ class YnatConfig:
     )
 
     # ---- serving ----------------------------------------------------------------------------
-    host: str = _help("Address the HTTP proxy binds.", default="127.0.0.1")
+    host: str | None = _help(
+        "Address the HTTP ingress and the replicas bind. Default: 127.0.0.1 when `serve` starts Ray itself (a laptop), "
+        "0.0.0.0 on a running cluster (RAY_ADDRESS), where HAProxy must reach replicas on other nodes (docs/cluster.md).",
+        default=None,
+    )
     port: int = _help("HTTP port.", default=8000)
     min_replicas: int = _help("Autoscaling: fewest replicas.", default=1)
     max_replicas: int = _help("Autoscaling: most replicas.", default=2)
@@ -171,6 +185,16 @@ class YnatConfig:
         "'proxy': Serve's Python HTTP proxy. Applies when `ynat-ray serve` starts Ray itself; a running cluster keeps "
         "the ingress it was started with (RAY_SERVE_ENABLE_HA_PROXY=1 in its environment turns HAProxy on).",
         default="haproxy",
+    )
+    proxy_location: Literal["EveryNode", "HeadOnly"] = _help(
+        "Where Serve runs an HTTP ingress (HAProxy or the Python proxy): 'EveryNode' (default; put a load balancer in "
+        "front of the nodes) or 'HeadOnly'. Nodes sharing one machine (ray.cluster_utils) need 'HeadOnly': their ingresses "
+        "would share one port.",
+        default="EveryNode",
+    )
+    max_replicas_per_node: int | None = _help(
+        "Most replicas of the deployment on one node (1: every replica on its own node, so losing a node loses one replica).",
+        default=None,
     )
     request_timeout_s: float = _help("HTTP request timeout at the proxy.", default=30.0)
     look_back_period_s: float = _help(
@@ -192,6 +216,11 @@ class YnatConfig:
     num_actors: int = _help("predict-batch: predictor actors (each loads the model once).", default=1)
     actor_cpus: float = _help("predict-batch: CPUs per predictor actor.", default=1.0)
     actor_gpus: float = _help("predict-batch: GPUs per predictor actor.", default=0.0)
+    rows_per_file: int = _help(
+        "predict-batch: rows gathered into one output file. Each file is committed with its rows' ids, so a run stopped "
+        "midway and started again with the same arguments redoes at most the files in flight.",
+        default=100_000,
+    )
     overwrite: bool = _help(
         "predict-batch: replace the contents of an existing --output directory (and the quarantine file); "
         "without it a non-empty --output is an error.",
@@ -236,11 +265,25 @@ class YnatConfig:
         return cls(**values)
 
 
+def read_text(path: str, what: str = "config file") -> str:
+    """A small text file from a local path or a URI (s3://, gs://: a best.yaml or search space on shared storage)."""
+    if "://" in path and not path.startswith("file://"):
+        import fsspec
+
+        try:
+            with fsspec.open(path, "r", encoding="utf-8") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{what} {path} does not exist") from None
+    local = path.removeprefix("file://")
+    if not os.path.isfile(local):
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    return Path(local).read_text(encoding="utf-8")
+
+
 def load_config_file(path: str) -> dict[str, Any]:
-    """Read a YAML or JSON config file into a dict."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path} does not exist")
-    text = Path(path).read_text(encoding="utf-8")
+    """Read a YAML or JSON config file (local or URI) into a dict."""
+    text = read_text(path)
     if path.endswith((".yaml", ".yml")):
         import yaml
 

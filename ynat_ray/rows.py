@@ -75,8 +75,20 @@ class RowLedger:
         return sum(rows for rows, _ in self.files.values()), bad
 
 
-def read_file(path: str, cfg: YnatConfig, ledger: Any = None, require_label: bool = False) -> Iterator[pa.Table]:
-    """Validate one file and yield its good rows: guid, <text column>, label, gold, source, row.
+def row_ids(file_index: int, rows: np.ndarray) -> np.ndarray:
+    """One int64 per input row, unique across a job's files: (index of the file in the job's list << 40) + row.
+
+    predict-batch's resumable runs key their Ray Data checkpoint on it (`row_id`); the same arguments list the
+    same files in the same order (`data.expand_paths` sorts), so a rerun gives every row the same id.
+    """
+    return (np.int64(file_index) << np.int64(40)) + rows.astype(np.int64)
+
+
+def read_file(
+    path: str, cfg: YnatConfig, ledger: Any = None, require_label: bool = False, file_index: int | None = None, skip: Any = None
+) -> Iterator[pa.Table]:
+    """Validate one file and yield its good rows: guid, <text column>, label, gold, source, row (and row_id
+    when `file_index` is given, see `row_ids`, less the sorted row_ids in `skip`: a resumed predict-batch's done rows).
 
     `label` is the int id (-1 without a label; training asks `require_label=True`, which makes a missing
     label a bad row); `gold` is the topic name or null (predict-batch writes it next to its prediction).
@@ -86,16 +98,21 @@ def read_file(path: str, cfg: YnatConfig, ledger: Any = None, require_label: boo
     clean, records, bad = read_file_rows(path, cfg, require_label=require_label)
     if ledger is not None:
         ray.get(ledger.record.remote(path, records, bad))
-    yield pa.table(
-        {
-            "guid": pa.array(clean["guid"].tolist(), pa.string()),
-            cfg.text_column: pa.array(clean["title"].tolist(), pa.string()),
-            "label": pa.array(clean["label"].to_numpy(dtype=np.int64)),
-            "gold": pa.array([ID2LABEL.get(int(i)) for i in clean["label"]], pa.string()),
-            "source": pa.array([path] * len(clean), pa.string()),
-            "row": pa.array(clean["row"].to_numpy(dtype=np.int64)),
-        }
-    )
+    columns: dict[str, Any] = {
+        "guid": pa.array(clean["guid"].tolist(), pa.string()),
+        cfg.text_column: pa.array(clean["title"].tolist(), pa.string()),
+        "label": pa.array(clean["label"].to_numpy(dtype=np.int64)),
+        "gold": pa.array([ID2LABEL.get(int(i)) for i in clean["label"]], pa.string()),
+        "source": pa.array([path] * len(clean), pa.string()),
+        "row": pa.array(clean["row"].to_numpy(dtype=np.int64)),
+    }
+    table = pa.table(columns)
+    if file_index is not None:
+        ids = row_ids(file_index, clean["row"].to_numpy(dtype=np.int64))
+        table = table.append_column("row_id", pa.array(ids))
+        if skip is not None and len(skip):
+            table = table.filter(pa.array(~np.isin(ids, skip)))
+    yield table
 
 
 class YnatFilesDatasource(Datasource):
@@ -106,8 +123,12 @@ class YnatFilesDatasource(Datasource):
     Read tasks get Ray Data's block splitting, which spreads each file's rows downstream.
     """
 
-    def __init__(self, files: list[str], cfg: YnatConfig, ledger: Any = None, *, require_label: bool = False):
+    def __init__(
+        self, files: list[str], cfg: YnatConfig, ledger: Any = None, *, require_label: bool = False, with_row_id: bool = False,
+        skip_row_ids: Any = None,
+    ) -> None:  # fmt: skip
         self.files, self.cfg, self.ledger, self.require_label = files, cfg, ledger, require_label
+        self.with_row_id, self.skip_row_ids = with_row_id, skip_row_ids
 
     def get_name(self) -> str:
         return "YnatFiles"
@@ -118,11 +139,13 @@ class YnatFilesDatasource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None) -> list[ReadTask]:
         return [
             ReadTask(
-                functools.partial(read_file, path, self.cfg, self.ledger, self.require_label),
+                functools.partial(
+                    read_file, path, self.cfg, self.ledger, self.require_label, index if self.with_row_id else None, self.skip_row_ids
+                ),
                 BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(path,)),
                 per_task_row_limit=per_task_row_limit,
             )
-            for path in self.files
+            for index, path in enumerate(self.files)
         ]
 
 

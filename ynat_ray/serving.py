@@ -35,6 +35,7 @@ from importlib import resources
 from typing import Any, Literal
 
 import numpy as np
+import ray
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -44,7 +45,7 @@ from ray.serve.config import BackpressureConfig
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ynat_ray import __version__
-from ynat_ray.config import YnatConfig, build_parser, parse_config
+from ynat_ray.config import UsageError, YnatConfig, build_parser, parse_config
 from ynat_ray.data import text_problem
 from ynat_ray.inference import format_predictions, softmax
 
@@ -301,6 +302,10 @@ class YnatServer:
             **engine,
         }
         self.demo_html = demo_page(self.clf.labels)  # read once per replica: a missing asset fails start-up, not a visitor
+        # Which replica, on which node, answered: the X-Replica-Id header and /info say it (on a cluster, a client can
+        # see its requests spread over nodes, and logs of one replica can be matched to its answers).
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
+        self.node_id = ray.get_runtime_context().get_node_id()
         print(f"[ynat-ray] replica ready: {engine['backend']} ({engine['backend_reason']}), {engine['threads']} thread(s)", flush=True)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -372,7 +377,8 @@ class YnatServer:
         scores = {"softmax": softmax, "sigmoid": _sigmoid, "none": lambda x: x}[function](logits)
         predictions = format_predictions(scores, dict(enumerate(labels)), params.top_k)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        return JSONResponse(predictions, headers={"X-Batch-Size": str(batch_size), "X-Inference-Time-Ms": f"{elapsed_ms:.1f}"})
+        headers = {"X-Batch-Size": str(batch_size), "X-Inference-Time-Ms": f"{elapsed_ms:.1f}", "X-Replica-Id": self.replica_id}
+        return JSONResponse(predictions, headers=headers)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -400,6 +406,8 @@ class YnatServer:
             "max_batch_size": self.cfg.max_batch_size,
             "max_ongoing_requests": self.cfg.max_ongoing_requests,
             "ongoing_requests": self.inflight,  # /predict requests in this replica right now
+            "replica_id": self.replica_id,
+            "node_id": self.node_id,
         }
 
 
@@ -439,6 +447,7 @@ def build_app(cfg: YnatConfig) -> Any:
         max_queued_requests=cfg.max_queued_requests,
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=cfg.retry_after_s),
         ray_actor_options={"num_cpus": cfg.replica_cpus, "num_gpus": cfg.replica_gpus},
+        max_replicas_per_node=cfg.max_replicas_per_node,
         health_check_period_s=cfg.health_check_period_s,
         user_config={"max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": cfg.batch_wait_timeout_s},
         logging_config=serve_logging(cfg),
@@ -541,8 +550,72 @@ def active_ingress(host: str, port: int, timeout_s: float = 30.0) -> str | None:
     return None
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serve_host(cfg: YnatConfig) -> str:
+    """The address Serve binds: --host, else loopback on a Ray this command started (a laptop) and all
+    interfaces on a running cluster (RAY_ADDRESS), where HAProxy must reach replicas on other nodes."""
+    return cfg.host or ("0.0.0.0" if os.environ.get("RAY_ADDRESS") else "127.0.0.1")
+
+
+def check_cluster_host(host: str, ingress: str) -> None:
+    """A loopback host on a multi-node cluster: every replica binds it too, so HAProxy on another node would get
+    'connection refused' (Serve's warning). Stop before deploying and say what to use instead."""
+    if ingress != "haproxy" or host not in LOOPBACK:
+        return
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    if nodes > 1:
+        raise UsageError(
+            f"--host {host} on a {nodes}-node cluster: replicas on other nodes would bind {host} and HAProxy could not "
+            "reach them; use --host 0.0.0.0 (the default on a running cluster) and firewall the port instead"
+        )
+
+
+def port_holder(host: str, port: int) -> str | None:
+    """Who holds host:port ('haproxy (pid 123)'), or None if it is free: checked before Serve starts, which would
+    otherwise die with a bind traceback. Only looks; never kills a process this command did not start."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host if host not in ("", "*") else "0.0.0.0", port))
+            return None
+        except OSError:
+            pass
+    try:
+        import psutil
+
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                return f"{psutil.Process(conn.pid).name()} (pid {conn.pid})"
+    except Exception:  # noqa: BLE001 - no permission to list other users' sockets: say less
+        pass
+    return "another process"
+
+
+def check_port_free(host: str, port: int) -> None:
+    """One line naming the holder of a taken port, before Serve would die on it with a traceback."""
+    holder = port_holder(host, port)
+    if holder:
+        raise UsageError(f"port {port} on {host} is in use by {holder}; stop it or pass --port with a free port")
+
+
+def serve_running() -> bool:
+    """True if this cluster already runs Serve (then it keeps its ingress, port and all)."""
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        return True
+    except ValueError:
+        return False
+
+
 def deploy(cfg: YnatConfig, *, name: str = APP_NAME, route_prefix: str = "/", log: Any = print) -> str:
-    """Start Serve on cfg.host:cfg.port with the requested ingress, deploy the app, and return the ingress in use.
+    """Start Serve on the host (`serve_host`) and cfg.port with the requested ingress, deploy the app, and return
+    the ingress in use.
 
     With `http_ingress='haproxy'` the controller gets `haproxy_env()` through `controller_options` (works on a
     running cluster too, as long as Serve is not running there yet). If HAProxy cannot start, Serve is
@@ -552,17 +625,19 @@ def deploy(cfg: YnatConfig, *, name: str = APP_NAME, route_prefix: str = "/", lo
     app = build_app(cfg)
     if not cfg.verbose:  # this driver's "Started Serve" / "Connecting to existing Serve app" lines
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
-    http_options = {"host": cfg.host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s + PROXY_TIMEOUT_MARGIN_S}
+    host = serve_host(cfg)
+    if not serve_running():
+        check_port_free(host, cfg.port)
+        check_cluster_host(host, cfg.http_ingress)
+    http_options = {"host": host, "port": cfg.port, "request_timeout_s": cfg.request_timeout_s + PROXY_TIMEOUT_MARGIN_S}
+    start_options = {"http_options": http_options, "proxy_location": cfg.proxy_location, "logging_config": serve_logging(cfg)}
+    local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host  # where this driver checks the ingress
     problem = haproxy_problem() if cfg.http_ingress == "haproxy" else None
     if cfg.http_ingress == "haproxy" and problem is None:
         try:
-            serve.start(
-                http_options=http_options,
-                controller_options={"runtime_env": {"env_vars": haproxy_env()}},
-                logging_config=serve_logging(cfg),
-            )
+            serve.start(controller_options={"runtime_env": {"env_vars": haproxy_env()}}, **start_options)
             serve.run(app, name=name, route_prefix=route_prefix)
-            if active_ingress(cfg.host, cfg.port) == "haproxy":
+            if active_ingress(local, cfg.port) == "haproxy":
                 return "haproxy"
             problem = "HAProxy did not answer on the HTTP port"
         except Exception as err:  # noqa: BLE001 - Serve raises RayTaskError/ActorDiedError/TimeoutError here
@@ -570,32 +645,48 @@ def deploy(cfg: YnatConfig, *, name: str = APP_NAME, route_prefix: str = "/", lo
         serve.shutdown()
     if problem:
         log(f"[ynat-ray] warning: HAProxy ingress unavailable ({problem}); using Serve's Python proxy")
-    serve.start(
-        http_options=http_options,
-        controller_options={"runtime_env": {"env_vars": dict(PATIENT_CONTROLLER_ENV)}},
-        logging_config=serve_logging(cfg),
-    )
+    serve.start(controller_options={"runtime_env": {"env_vars": dict(PATIENT_CONTROLLER_ENV)}}, **start_options)
     serve.run(app, name=name, route_prefix=route_prefix)
-    return active_ingress(cfg.host, cfg.port) or "proxy"
+    return active_ingress(local, cfg.port) or "proxy"
+
+
+class Terminated(Exception):
+    """SIGTERM (docker stop, systemd, Kubernetes): drain and stop like Ctrl-C, then exit 0."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 def run_server(cfg: YnatConfig) -> None:
-    """`ynat-ray serve`: join (or start) Ray, start Serve on cfg.host:cfg.port, deploy, block until Ctrl-C."""
-    import ray
+    """`ynat-ray serve`: join (or start) Ray, start Serve, deploy, block until Ctrl-C or SIGTERM.
+
+    Both stop the same way: Serve drains (replicas finish the requests they hold), then Ray is left. SIGTERM's
+    handler is installed after Ray starts, since Ray's core worker installs its own (a C++ stack dump, no drain).
+    """
+    import signal
 
     from ynat_ray.cluster import init_ray
 
     check_serving_config(cfg)
+    host = serve_host(cfg)
+    if not os.environ.get("RAY_ADDRESS"):  # a Ray this command starts has no Serve yet: say so before starting it
+        check_port_free(host, cfg.port)
     init_ray(verbose=cfg.verbose)
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         ingress = deploy(cfg)
-        base = f"http://{cfg.host}:{cfg.port}"
-        print(f"[ynat-ray] serving {cfg.checkpoint} at {base}/predict via {ingress}  (info {base}/info, docs {base}/docs)", flush=True)
+        base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{cfg.port}"
+        where = f" (bound to {host})" if host != "127.0.0.1" else ""
+        links = f"(info {base}/info, docs {base}/docs)"
+        print(f"[ynat-ray] serving {cfg.checkpoint} at {base}/predict via {ingress}{where}  {links}", flush=True)
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        print("[ynat-ray] shutting down Serve", flush=True)
-        raise
+    except (KeyboardInterrupt, Terminated) as stop:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the drain short
+        print(f"[ynat-ray] {'SIGTERM' if isinstance(stop, Terminated) else 'interrupted'}: draining and shutting down Serve", flush=True)
+        if isinstance(stop, KeyboardInterrupt):
+            raise
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -293,10 +293,9 @@ def unique_run_name(model: str) -> str:
 
 
 def artifacts_dir_for(storage: str, run_name: str) -> str:
-    """Local runs keep artifacts beside Ray's run folder; URI runs write locally, then upload."""
-    if "://" in storage:
-        return os.path.abspath(os.path.join("ynat_ray_artifacts", run_name))
-    return os.path.join(storage, run_name, "artifacts")
+    """Artifacts sit beside Ray's run folder, under the same storage: a local path, or a URI (written to a
+    temporary folder, then uploaded; nothing stays on the driver's disk, which a cluster may not keep)."""
+    return f"{storage.rstrip('/')}/{run_name}/artifacts" if is_uri(storage) else os.path.join(storage, run_name, "artifacts")
 
 
 @dataclass
@@ -324,7 +323,7 @@ def prepare_run(cfg: YnatConfig, cluster_cpus: float | None = None) -> PreparedR
     from ynat_ray.data import TOKENIZER_ROWS, load_splits, write_quarantine
     from ynat_ray.features import to_token_dataset
     from ynat_ray.modeling import is_preset, load_tokenizer
-    from ynat_ray.resources import plan_workers
+    from ynat_ray.resources import alive_node_cpus, plan_workers
 
     cfg = cfg.with_recipe()
     # Our loop draws one progress bar per epoch; Ray Data's per-dataset bars would bury it.
@@ -332,8 +331,10 @@ def prepare_run(cfg: YnatConfig, cluster_cpus: float | None = None) -> PreparedR
     run_name = cfg.run_name or unique_run_name(cfg.model)
     storage = cfg.resolved_storage_path()
     artifacts = artifacts_dir_for(storage, run_name)
-    cpus = cluster_cpus if cluster_cpus is not None else ray.cluster_resources().get("CPU", 1.0)
-    plan = plan_workers(cfg.num_workers, cpus, use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker)
+    plan = plan_workers(
+        cfg.num_workers, alive_node_cpus(), use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker, budget=cluster_cpus,
+        placement_strategy=cfg.placement_strategy,
+    )  # fmt: skip
     # Training files stream through Ray Data (read + validate + split + tokenize in tasks); only validation,
     # test and a preset's bounded tokenizer sample reach this process. embedded/hub stay in memory (small).
     tokenizer_rows = TOKENIZER_ROWS if is_preset(cfg.model) else 0
@@ -377,7 +378,10 @@ def make_trainer(run: PreparedRun, callbacks: Iterable[Any] = ()) -> Any:
             "fail_at_epoch": int(fail_at) if fail_at else None,
         },
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=run.plan.resources()),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=run.plan.resources(),
+            placement_strategy=run.plan.placement_strategy,
+        ),  # fmt: skip
         run_config=ray.train.RunConfig(
             name=run.run_name,
             storage_path=run.storage,
@@ -401,18 +405,60 @@ def make_trainer(run: PreparedRun, callbacks: Iterable[Any] = ()) -> Any:
 def run_training(cfg: YnatConfig) -> TrainOutcome:
     """Everything `ynat-ray train` does: data, tokenizer, TorchTrainer.fit, final evaluation, artifacts."""
     from ynat_ray.cluster import init_ray
+    from ynat_ray.resources import wait_for_placement
 
     init_ray(verbose=cfg.verbose)
     run = prepare_run(cfg)
+    bundles = [run.plan.resources()] * cfg.num_workers
+    what = f"{cfg.num_workers} Train worker(s) x {run.plan.resources()}"
+    wait_for_placement(bundles, run.plan.placement_strategy, what, cfg.placement_timeout_s)
     result = make_trainer(run).fit()
     if result.error:
         raise result.error
     best = result.get_best_checkpoint(SCORE_METRIC, "max") or result.checkpoint
-    return finish_run(run.cfg, run.run_name, os.path.join(run.storage, run.run_name), best.path, run.splits, run.artifacts)
+    latest = result.checkpoint or best
+    run_dir = f"{run.storage.rstrip('/')}/{run.run_name}" if is_uri(run.storage) else os.path.join(run.storage, run.run_name)
+    return finish_run(
+        run.cfg, run.run_name, run_dir, storage_uri(run.storage, best.path), run.splits, run.artifacts,
+        history_from=storage_uri(run.storage, latest.path),
+    )  # fmt: skip
 
 
-def finish_run(cfg: YnatConfig, run_name: str, run_dir: str, best_path: str, splits: Any, artifacts: str) -> TrainOutcome:
-    """Score the best checkpoint, write artifacts, print the summary, optionally push to the hub."""
+def is_uri(path: str) -> bool:
+    """An object-store or other remote URI (s3://, gs://, ...); `file://` and plain paths are local."""
+    return "://" in path and not path.startswith("file://")
+
+
+def storage_uri(storage: str, path: str) -> str:
+    """The URI of a path Ray Train reports under `storage`: Ray's `Checkpoint.path` drops the scheme
+    (`bucket/runs/x/checkpoint_...`), which read as a local path no node has."""
+    if not is_uri(storage) or is_uri(path):
+        return path
+    return f"{storage.split('://', 1)[0]}://{path.lstrip('/')}"
+
+
+def finish_run(
+    cfg: YnatConfig, run_name: str, run_dir: str, best_path: str, splits: Any, artifacts: str, history_from: str | None = None
+) -> TrainOutcome:
+    """Score the best checkpoint, write artifacts, print the summary, optionally push to the hub.
+
+    `history_from` is the newest checkpoint, whose metrics hold every epoch (the best one's stop at the best epoch).
+    With URI storage the artifacts are written to a temporary folder and uploaded to `artifacts`.
+    """
+    if is_uri(artifacts):
+        with tempfile.TemporaryDirectory(prefix="ynat-artifacts-") as tmp:
+            outcome = _finish_run(cfg, run_name, run_dir, best_path, splits, tmp, artifacts, history_from)
+            import pyarrow.fs
+
+            pyarrow.fs.copy_files(tmp, artifacts)
+        return outcome
+    return _finish_run(cfg, run_name, run_dir, best_path, splits, artifacts, artifacts, history_from)
+
+
+def _finish_run(
+    cfg: YnatConfig, run_name: str, run_dir: str, best_path: str, splits: Any, local_artifacts: str, artifacts: str,
+    history_from: str | None,
+) -> TrainOutcome:  # fmt: skip
     from ynat_ray.artifacts import plot_confusion_matrix, plot_learning_curve, write_history
     from ynat_ray.checkpoint import resolve_checkpoint
     from ynat_ray.export import export_checkpoint
@@ -424,7 +470,7 @@ def finish_run(cfg: YnatConfig, run_name: str, run_dir: str, best_path: str, spl
     latest = max(best_history, key=lambda h: h["epoch"])
     # Export ONNX fp32 + int8 into the checkpoint, with parity measured on this run's validation rows.
     parity = export_checkpoint(local_best, texts=splits.validation["title"].tolist(), labels=splits.validation["label"].tolist())
-    if "://" in best_path:
+    if is_uri(best_path):
         import pyarrow.fs
 
         from ynat_ray.checkpoint import ONNX_DIR
@@ -436,17 +482,14 @@ def finish_run(cfg: YnatConfig, run_name: str, run_dir: str, best_path: str, spl
     final = classification_metrics(rows["label"].tolist(), probs.argmax(1).tolist())
     final.update(split=split_name, checkpoint=best_path, best_epoch=latest["epoch"])
 
-    os.makedirs(artifacts, exist_ok=True)
-    history = _full_history(run_dir, best_history)
-    write_history(history, artifacts)
-    plot_learning_curve(history, os.path.join(artifacts, "learning_curve.png"))
-    plot_confusion_matrix(final["confusion_matrix"], os.path.join(artifacts, "confusion_matrix.png"), f"{split_name} ({len(rows)} rows)")
-    with open(os.path.join(artifacts, "final_metrics.json"), "w", encoding="utf-8") as fh:
+    os.makedirs(local_artifacts, exist_ok=True)
+    history = _full_history(history_from, best_history)
+    write_history(history, local_artifacts)
+    plot_learning_curve(history, os.path.join(local_artifacts, "learning_curve.png"))
+    confusion_png = os.path.join(local_artifacts, "confusion_matrix.png")
+    plot_confusion_matrix(final["confusion_matrix"], confusion_png, f"{split_name} ({len(rows)} rows)")
+    with open(os.path.join(local_artifacts, "final_metrics.json"), "w", encoding="utf-8") as fh:
         json.dump(final, fh, ensure_ascii=False, indent=2)
-    if "://" in cfg.resolved_storage_path():
-        import pyarrow.fs
-
-        pyarrow.fs.copy_files(artifacts, f"{run_dir}/artifacts")
 
     sample = rows.head(3)
     examples = [
@@ -474,14 +517,19 @@ def finish_run(cfg: YnatConfig, run_name: str, run_dir: str, best_path: str, spl
     return TrainOutcome(run_name, run_dir, best_path, history, final, artifacts, examples)
 
 
-def _full_history(run_dir: str, fallback: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The best checkpoint's history stops at the best epoch; the newest checkpoint has them all."""
-    if "://" in run_dir or not os.path.isdir(run_dir):
+def _full_history(newest: str | None, fallback: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The best checkpoint's history stops at the best epoch; the newest checkpoint (local or URI) has them all."""
+    if not newest:
         return fallback
-    newest = fallback
-    for name in os.listdir(run_dir):
-        if name.startswith("checkpoint"):
-            candidate = read_history(os.path.join(run_dir, name))
-            if len(candidate) > len(newest):
-                newest = candidate
-    return newest
+    if not is_uri(newest):
+        return read_history(newest) or fallback
+    import pyarrow.fs
+
+    from ynat_ray.checkpoint import METRICS_FILE
+
+    fs, path = pyarrow.fs.FileSystem.from_uri(f"{newest.rstrip('/')}/{METRICS_FILE}")
+    try:
+        with fs.open_input_stream(path) as fh:
+            return json.loads(fh.read().decode("utf-8")) or fallback
+    except FileNotFoundError:
+        return fallback

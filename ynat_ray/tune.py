@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, fields
@@ -26,7 +27,7 @@ from typing import Any
 import yaml
 from ray.tune import Callback
 
-from ynat_ray.config import UsageError, YnatConfig
+from ynat_ray.config import UsageError, YnatConfig, read_text
 
 DEFAULT_SPACE = str(Path(__file__).parent / "assets" / "tune_space.yaml")
 METRIC = "val_macro_f1"
@@ -70,10 +71,9 @@ class SearchSpace:
 
 def load_space(path: str) -> SearchSpace:
     """Read and check a space file; every mistake names the file and the key."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"search space file {path} does not exist")
+    text = read_text(path, "search space file")
     try:
-        values = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        values = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise UsageError(f"search space {path} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(values, dict):
@@ -306,26 +306,38 @@ def trial_table(grid: Any, searched: list[str], epochs_default: int) -> tuple[li
 
 
 def write_outcome(cfg: YnatConfig, space: SearchSpace, grid: Any, name: str, path: str, out_dir: str | None) -> TuneOutcome:
-    """results.csv, trials.png and best.yaml in `out_dir` (default: the search's folder), and the printed table."""
+    """results.csv, trials.png and best.yaml in `out_dir` (default: the search's folder, local or URI), and the printed table."""
+    from ynat_ray.train import is_uri
+
+    out = out_dir or path
+    if not is_uri(out):
+        return _write_outcome(cfg, space, grid, name, path, out, out)
+    with tempfile.TemporaryDirectory(prefix="ynat-tune-") as tmp:  # written here, uploaded beside the search's trials
+        outcome = _write_outcome(cfg, space, grid, name, path, tmp, out)
+        import pyarrow.fs
+
+        pyarrow.fs.copy_files(tmp, out)
+    return outcome
+
+
+def _write_outcome(cfg: YnatConfig, space: SearchSpace, grid: Any, name: str, path: str, local: str, out: str) -> TuneOutcome:
+    """Write the three files into the local folder `local`; paths printed and returned are under `out`."""
     from ynat_ray.artifacts import plot_trials
 
     searched = list(space.searched)
     table, curves = trial_table(grid, searched, cfg.with_recipe().epochs)
-    out = out_dir or (path if "://" not in path else os.path.abspath(os.path.join("ynat_ray_artifacts", name)))
-    os.makedirs(out, exist_ok=True)
-    csv_path = os.path.join(out, "results.csv")
-    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+    os.makedirs(local, exist_ok=True)
+    with open(os.path.join(local, "results.csv"), "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(table[0]) if table else ["trial"])
         writer.writeheader()
         writer.writerows(table)
-    plot_path = os.path.join(out, "trials.png")
-    plot_trials(table, curves, plot_path, METRIC)
+    plot_trials(table, curves, os.path.join(local, "trials.png"), METRIC)
     scored = [r for r in table if r[METRIC] is not None]
     if not scored:
         raise RuntimeError(f"no trial of {name} reported {METRIC}; see the trial logs under {path}")
     best = scored[0]
-    best_yaml = os.path.join(out, "best.yaml")
-    write_best_yaml(best_yaml, cfg, space, best, name)
+    write_best_yaml(os.path.join(local, "best.yaml"), cfg, space, best, name)
+    csv_path, plot_path, best_yaml = (f"{out.rstrip('/')}/{f}" for f in ("results.csv", "trials.png", "best.yaml"))
     print(format_table(table, searched))
     print(f"[ynat-ray] best {best['trial']}: {METRIC} {best[METRIC]:.4f} at epoch {best['best_epoch']}")
     print(f"[ynat-ray] wrote {csv_path}, {plot_path} and {best_yaml}  (ynat-ray train --config {best_yaml})", flush=True)
