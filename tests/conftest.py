@@ -9,6 +9,7 @@ from starving itself.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -25,6 +26,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Ray fixes its auth mode when it is first imported, and collecting a test module may import it (through
 # ynat_ray): set token auth, which the session cluster uses, before any test module is imported.
 os.environ["RAY_AUTH_MODE"] = "token"
+# One token for every cluster of the session (the multi-node one and the `ray start` one), as a real cluster's nodes
+# share theirs: Ray reads the token once per process, so a second token would lock this process out of the second cluster.
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
 
 TRAINED_MAX_LENGTH = 48
 CLUSTER_CPUS = 2  # what this project's CI and a small laptop have; do not inflate it to hide deadlocks

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import signal
 import subprocess
 import sys
@@ -116,8 +115,7 @@ def s3() -> Iterator[Any]:
 def multinode(s3: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiNode]:
     from ray.cluster_utils import Cluster
 
-    saved_token = os.environ.get("RAY_AUTH_TOKEN")
-    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
+    assert os.environ.get("RAY_AUTH_TOKEN"), "conftest sets the session's token (Ray reads it once per process)"
     os.makedirs("/tmp/ray", exist_ok=True)  # Cluster writes the head's address there (for RAY_ADDRESS=auto)
     temp_dir = f"/tmp/ynat-mn-{os.getpid()}"  # Ray's session folder holds unix sockets: keep the path short
     dashboard = free_port()
@@ -143,10 +141,7 @@ def multinode(s3: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mul
         yield mn
     finally:
         cluster.shutdown()
-        if saved_token is None:
-            os.environ.pop("RAY_AUTH_TOKEN", None)
-        else:
-            os.environ["RAY_AUTH_TOKEN"] = saved_token
+        Path("/tmp/ray/ray_current_cluster").unlink(missing_ok=True)  # the head's address, written by Cluster; gone with it
         subprocess.run(["rm", "-rf", temp_dir], check=False)
 
 
@@ -177,6 +172,15 @@ def actor_nodes(mn: MultiNode, class_name: str) -> list[tuple[str, str]]:
 
     actors = list_actors(address=mn.dashboard_url, filters=[("class_name", "=", class_name)], limit=10_000, raise_on_missing_output=False)
     return [(a.node_id, a.state) for a in actors]
+
+
+def train_workers(mn: MultiNode) -> dict[str, str]:
+    """actor id -> node id of every Ray Train worker the cluster has had."""
+    from ray.util.state import list_actors
+
+    only = [("class_name", "=", "RayTrainWorker")]
+    found = list_actors(address=mn.dashboard_url, filters=only, limit=10_000, raise_on_missing_output=False)
+    return {a.actor_id: a.node_id for a in found}
 
 
 def s3_keys(s3: Any, prefix: str) -> list[str]:
@@ -495,6 +499,7 @@ def test_killed_predict_batch_resumes_without_redoing_rows(
 def test_tune_job_on_the_cluster_into_s3(multinode: MultiNode, s3: Any) -> None:
     space = "model: ynat-bigram\nepochs: 2\nlearning_rate: {loguniform: [1.0e-3, 3.0e-3]}\n"
     s3.put_object(Bucket=BUCKET, Key="spaces/small.yaml", Body=space.encode())
+    earlier = set(train_workers(multinode))  # Train workers of the tests before this one
     started = time.monotonic()
     done = submit(
         multinode, "jobs/tune.py", "--space", f"s3://{BUCKET}/spaces/small.yaml", "--storage_path", f"s3://{BUCKET}/tune",
@@ -510,10 +515,11 @@ def test_tune_job_on_the_cluster_into_s3(multinode: MultiNode, s3: Any) -> None:
     best = load_config_file(f"s3://{BUCKET}/tune/mn-tune/best.yaml")  # what `ynat-ray train --config s3://...` reads
     assert best["epochs"] == 2 and 1e-3 <= best["learning_rate"] <= 3e-3
     names = multinode.node_names()
-    trial_nodes = {names.get(n, "worker (removed)") for n, _ in actor_nodes(multinode, "RayTrainWorker")}
-    assert "worker" in trial_nodes or "worker (removed)" in trial_nodes, trial_nodes
-    print(f"\n[multinode] tune: 2 trials in {time.monotonic() - started:.0f} s; Train workers on {sorted(trial_nodes)}; "
-          "results.csv, trials.png, best.yaml in S3")  # fmt: skip
+    trials = {a: n for a, n in train_workers(multinode).items() if a not in earlier}
+    assert len(trials) == 4 and len(set(trials.values())) >= 2, f"2 trials x 2 workers, each trial's on 2 nodes: {trials}"
+    assert "worker" in {names.get(n) for n in trials.values()}, trials
+    print(f"\n[multinode] tune: 2 trials in {time.monotonic() - started:.0f} s; their 4 Train workers on "
+          f"{sorted(names.get(n, n[:8]) for n in trials.values())}; results.csv, trials.png, best.yaml in S3")  # fmt: skip
 
 
 # ---- a CPU plan the nodes cannot hold: one line, not a silent hang ------------------------------------------------
