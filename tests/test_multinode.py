@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
@@ -39,14 +40,6 @@ REPO = Path(__file__).resolve().parents[1]
 BUCKET = "ynat"
 NODE_CPUS = 1
 TRAIN_ARGS = ["--max_train_samples", "1500", "--max_eval_samples", "200", "--batch_size", "32", "--log_every", "0"]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
