@@ -176,7 +176,9 @@ def resolve_checkpoint(spec: str) -> str:
     """
     if not spec:
         raise CheckpointError("no checkpoint given: pass --checkpoint DIR (a training run prints where its best checkpoint is)")
-    if "://" in spec and not spec.startswith("file://"):
+    from ynat_ray.config import is_uri
+
+    if is_uri(spec):
         import ray.train
 
         try:

@@ -248,7 +248,7 @@ class YnatConfig:
 
     def resolved_storage_path(self) -> str:
         """Ray needs an absolute path or a URI; expand ~ and relative paths here, once."""
-        if "://" in self.storage_path:
+        if "://" in self.storage_path:  # file:// too: Ray takes it as is
             return self.storage_path
         return str(Path(os.path.expanduser(self.storage_path)).resolve())
 
@@ -265,9 +265,15 @@ class YnatConfig:
         return cls(**values)
 
 
+def is_uri(path: str) -> bool:
+    """An object-store or other remote URI (s3://, gs://, ...); `file://` and plain paths are local. The one test
+    for it: checkpoints, storage, artifacts and config files all decide local-or-remote here."""
+    return "://" in path and not path.startswith("file://")
+
+
 def read_text(path: str, what: str = "config file") -> str:
     """A small text file from a local path or a URI (s3://, gs://: a best.yaml or search space on shared storage)."""
-    if "://" in path and not path.startswith("file://"):
+    if is_uri(path):
         import fsspec
 
         try:

@@ -24,7 +24,7 @@ from typing import Any
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from ynat_ray.checkpoint import read_history, save_checkpoint
-from ynat_ray.config import YnatConfig
+from ynat_ray.config import YnatConfig, is_uri
 from ynat_ray.features import pad_token_ids
 
 SCORE_METRIC = "val_macro_f1"
@@ -422,11 +422,6 @@ def run_training(cfg: YnatConfig) -> TrainOutcome:
         run.cfg, run.run_name, run_dir, storage_uri(run.storage, best.path), run.splits, run.artifacts,
         history_from=storage_uri(run.storage, latest.path),
     )  # fmt: skip
-
-
-def is_uri(path: str) -> bool:
-    """An object-store or other remote URI (s3://, gs://, ...); `file://` and plain paths are local."""
-    return "://" in path and not path.startswith("file://")
 
 
 def storage_uri(storage: str, path: str) -> str:

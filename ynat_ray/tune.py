@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 from ray.tune import Callback
 
-from ynat_ray.config import UsageError, YnatConfig, read_text
+from ynat_ray.config import UsageError, YnatConfig, is_uri, read_text
 
 DEFAULT_SPACE = str(Path(__file__).parent / "assets" / "tune_space.yaml")
 METRIC = "val_macro_f1"
@@ -307,8 +307,6 @@ def trial_table(grid: Any, searched: list[str], epochs_default: int) -> tuple[li
 
 def write_outcome(cfg: YnatConfig, space: SearchSpace, grid: Any, name: str, path: str, out_dir: str | None) -> TuneOutcome:
     """results.csv, trials.png and best.yaml in `out_dir` (default: the search's folder, local or URI), and the printed table."""
-    from ynat_ray.train import is_uri
-
     out = out_dir or path
     if not is_uri(out):
         return _write_outcome(cfg, space, grid, name, path, out, out)
