@@ -138,9 +138,9 @@ def main() -> None:
     source = embedded_split("train") if args.data == "embedded" else read_rows(args.data, YnatConfig())
     rows = source.sample(n=min(args.rows, len(source)), random_state=0).reset_index(drop=True)
     print(f"{len(rows)} real YNAT rows, batch {BATCH}, {THREADS} threads, max_length {MAX_LEN}; CPU bf16 native: ", end="")
-    from ynat_ray.precision import cpu_has_bf16
+    from ynat_ray.cpu import has_native_bf16
 
-    print(cpu_has_bf16())
+    print(has_native_bf16())
 
     table = []
     for model_name in args.models:

@@ -17,8 +17,9 @@ import torch
 
 from ynat_ray.checkpoint import CACHE_ENV, ONNX_FP32_FILE, ONNX_INT8_FILE, PARITY_FILE, content_hash, export_cache_dir
 from ynat_ray.data import embedded_split
-from ynat_ray.export import FP32_MAX_ABS_DIFF, _softmax, export_checkpoint, int8_settings, load_parity, ort_session
+from ynat_ray.export import FP32_MAX_ABS_DIFF, export_checkpoint, int8_settings, load_parity, ort_session
 from ynat_ray.features import encode_texts
+from ynat_ray.inference import softmax
 from ynat_ray.modeling import build_model
 from ynat_ray.vocab import train_wordpiece_tokenizer
 
@@ -105,7 +106,7 @@ def test_dynamic_batch_and_sequence_axes(checkpoint: str, exported: dict) -> Non
         shapes.add(feed["input_ids"].shape)
         with torch.inference_mode():
             expected = torch.softmax(model(**{k: torch.from_numpy(v) for k, v in feed.items()}).logits, -1).numpy()
-        got = _softmax(fp32.run(["logits"], feed)[0])
+        got = softmax(fp32.run(["logits"], feed)[0])
         assert got.shape == (len(texts), 7)
         assert np.abs(got - expected).max() <= FP32_MAX_ABS_DIFF
         assert int8.run(["logits"], feed)[0].shape == (len(texts), 7)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ynat_ray import __version__
+from ynat_ray.errors import YnatError
 
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -40,7 +41,7 @@ CACHE_ENV = "YNAT_RAY_CACHE"
 DEFAULT_MAX_LENGTH = 64  # tokens; YNAT titles are ~20, so 64 truncates almost nothing
 
 
-class CheckpointError(ValueError):
+class CheckpointError(YnatError):
     """A checkpoint path or id that cannot be used; the message says what was looked for."""
 
 

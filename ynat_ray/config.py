@@ -1,9 +1,18 @@
-"""One flat config for everything: the CLI, `jobs/`, `serve/` and the tests all build a `YnatConfig`.
+"""Options grouped by concern, and each command's set of groups (HF `run_glue.py`'s `HfArgumentParser` idea).
 
-Why flat: like nanoGPT's config, every knob sits in one commented list, so `--help`, a YAML file and
-`YnatConfig(epochs=1)` in a test all speak the same names. Parsing uses `transformers.HfArgumentParser`
-(help text comes from each field's `help`), plus `--config FILE.yaml|json` whose values the command line
-can override.
+Why groups: a command must refuse what it would ignore (`predict --epochs 9` is a mistake, not a no-op), a
+Train worker or a Serve replica should receive only the options of its role, and the run spec stored in a
+checkpoint should hold what inference and resume need, not a port number. So:
+
+- a *group* is a dataclass of options for one concern (`DataArgs`, `ModelArgs`, `TrainArgs`, `EngineArgs`, ...);
+- a *command config* (`TrainConfig`, `ServeConfig`, ...) is the handful of groups one command takes;
+- the CLI builds one `HfArgumentParser` per command over its groups, so `--help` shows only those, grouped;
+- a flag another command takes is a one-line error naming that command; a YAML file may hold options of
+  several commands (a training config keeps working with `serve`) but a key no command knows is an error.
+
+An option name means one thing everywhere. A few names sit in more than one group because several roles
+take them (`precision` trains and infers, `max_length` truncates in both); no command takes two groups that
+share a name (`tests/test_config.py` checks), so each flag has one meaning per command.
 """
 
 from __future__ import annotations
@@ -12,29 +21,79 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, TypeVar
+
+from ynat_ray.errors import UsageError
 
 EMBEDDED = "embedded"  # the YNAT subsample shipped in ynat_ray/assets
 HUB = "hub"  # datasets.load_dataset("klue", "ynat")
-
-
-class UsageError(ValueError):
-    """A command-line mistake (unknown option, bad value, missing argument): reported in one line, exit 2."""
-
-
-def _raise_usage_error(message: str) -> None:
-    raise UsageError(message)
 
 
 def _help(text: str, **kw: Any) -> Any:
     return field(metadata={"help": text}, **kw)
 
 
+# ---- options several groups share (one definition each) -------------------------------------------------
+def _max_length() -> Any:
+    return _help(
+        "Truncate texts to this many tokens. Training: default 64 (YNAT titles are ~20). Inference: default the "
+        "length the checkpoint was trained with (its run spec); a smaller value truncates more, a larger one is capped "
+        "at the trained length.",
+        default=None,
+    )
+
+
+def _precision() -> Any:
+    return _help("'auto': bf16 autocast on GPUs that support it and on CPUs with AMX/AVX512-BF16, else fp32.", default="auto")
+
+
+def _use_gpu() -> Any:
+    return _help("Use GPUs: one per Train worker (NCCL, bf16 autocast), or the engine of predict/evaluate/export.", default=False)
+
+
+def _eval_batch_size() -> Any:
+    return _help("Texts per forward pass when evaluating or predicting.", default=128)
+
+
+def _verbose() -> Any:
+    return _help("Show Ray's own INFO logs (start-up, Ray Data execution plans, Serve controller) on the console.", default=False)
+
+
+def _placement_timeout_s() -> Any:
+    return _help(
+        "Wait at most this long for the nodes to hold the Train workers or batch actors, then stop with one line that "
+        "says what was asked and what the nodes have. Raise it on an autoscaling cluster whose nodes start slowly.",
+        default=120.0,
+    )
+
+
+# ---- the groups ------------------------------------------------------------------------------------------
 @dataclass
-class YnatConfig:
-    # ---- data -------------------------------------------------------------------------------
+class RowArgs:
+    """How rows are read: which columns, and what happens to a malformed row."""
+
+    _argument_group_name: ClassVar[str] = "rows"
+    text_column: str = _help("Column holding the text to classify.", default="title")
+    label_column: str = _help("Column holding the label (int id or Korean topic name).", default="label")
+    on_bad_rows: Literal["error", "skip"] = _help(
+        "'error': stop at the first malformed row, naming file/row/field. 'skip': drop it, write it to "
+        "the quarantine file and report the count.",
+        default="error",
+    )
+    quarantine_path: str | None = _help(
+        "Where skipped rows go (jsonl). Default: <run dir>/quarantine.jsonl for training, <output>.quarantine.jsonl "
+        "for predict-batch, ./quarantine.jsonl for evaluate.",
+        default=None,
+    )
+
+
+@dataclass
+class DataArgs(RowArgs):
+    """Which rows train, validate and test a model (and how they are read)."""
+
+    _argument_group_name: ClassVar[str] = "data"
     data: str = _help(
         "Training rows: 'embedded' (real YNAT subsample shipped in the package, offline), 'hub' "
         "(datasets.load_dataset('klue','ynat'), needs the HF hub), or a json/jsonl/csv/parquet file, "
@@ -47,20 +106,17 @@ class YnatConfig:
         default=None,
     )
     test_data: str | None = _help("Test rows for the final report (file/dir/glob). Optional.", default=None)
-    text_column: str = _help("Column holding the text to classify.", default="title")
-    label_column: str = _help("Column holding the label (int id or Korean topic name).", default="label")
     validation_size: int = _help("Rows held out for validation (and test, for the hub) like the notebook.", default=1000)
     max_train_samples: int | None = _help("Use at most this many training rows (seeded sample).", default=None)
     max_eval_samples: int | None = _help("Use at most this many validation/test rows (seeded).", default=None)
-    on_bad_rows: Literal["error", "skip"] = _help(
-        "'error': stop at the first malformed row, naming file/row/field. 'skip': drop it, write it to "
-        "the quarantine file and report the count.",
-        default="error",
-    )
-    quarantine_path: str | None = _help("Where skipped rows go (jsonl). Default: <run dir>/quarantine.jsonl.", default=None)
     seed: int = _help("Seed for subsampling, splits, shuffling and model init.", default=42)
 
-    # ---- model ------------------------------------------------------------------------------
+
+@dataclass
+class ModelArgs:
+    """The network to train: where it comes from, and what shapes it."""
+
+    _argument_group_name: ClassVar[str] = "model"
     model: str = _help(
         "A hub id (e.g. klue/roberta-base), a local HF model directory, or an offline preset: "
         "'ynat-bigram' (default: 1 layer x 256, mean-pooled ModernBERT over syllable bigrams, trains in minutes on a "
@@ -68,12 +124,7 @@ class YnatConfig:
         "'ynat-mini' (2 x 256) and 'ynat-small' (6 x 384).",
         default="ynat-bigram",
     )
-    max_length: int | None = _help(
-        "Truncate texts to this many tokens. Training: default 64 (YNAT titles are ~20). Inference: default the "
-        "length the checkpoint was trained with (read from its ynat_run_config.json); a smaller value truncates more, "
-        "a larger one is capped at the trained length.",
-        default=None,
-    )
+    max_length: int | None = _max_length()
     vocab_size: int | None = _help(
         "Vocabulary size (a cap for 'ynat-bigram') of the offline presets' tokenizers. Default: the preset's tuned value (docs/tuning.md).",
         default=None,
@@ -87,9 +138,21 @@ class YnatConfig:
         "Dropout on attention probabilities (HF attention_probs_dropout_prob). Default: as for --hidden_dropout.", default=None
     )
 
-    # ---- training ---------------------------------------------------------------------------
+    @property
+    def train_max_length(self) -> int:
+        """The length training truncates to (inference reads the trained one back from the checkpoint)."""
+        from ynat_ray.checkpoint import DEFAULT_MAX_LENGTH
+
+        return self.max_length or DEFAULT_MAX_LENGTH
+
+
+@dataclass
+class TrainArgs:
+    """How Ray Train runs the fit: workers, the optimisation recipe, storage, fault tolerance."""
+
+    _argument_group_name: ClassVar[str] = "train"
     num_workers: int = _help("Ray Train data-parallel workers.", default=2)
-    use_gpu: bool = _help("One GPU per worker, NCCL backend, bf16 autocast.", default=False)
+    use_gpu: bool = _use_gpu()
     cpus_per_worker: float | None = _help(
         "CPUs per Train worker. Default: share the cluster's CPUs minus a reserve for Ray Data, so "
         "data tasks can always be scheduled (a 2-core laptop otherwise deadlocks).",
@@ -101,10 +164,10 @@ class YnatConfig:
     )
     epochs: int | None = _help("Training epochs. Default: the model's recipe (presets 5, pretrained models 3).", default=None)
     batch_size: int | None = _help("Per-worker training batch size. Default: the recipe's (presets 64, pretrained 32).", default=None)
-    eval_batch_size: int = _help("Batch size for evaluation and prediction.", default=128)
+    eval_batch_size: int = _eval_batch_size()
     learning_rate: float | None = _help(
-        "Peak AdamW learning rate. Default: the recipe's, 1.73e-3 for presets trained from scratch (tuned, docs/tuning.md), "
-        "5e-5 for pretrained models.",
+        "Peak AdamW learning rate. Default: the recipe's (presets trained from scratch: tuned, docs/tuning.md; "
+        "pretrained models 5e-5).",
         default=None,
     )
     token_dropout: float | None = _help(
@@ -113,20 +176,18 @@ class YnatConfig:
         default=None,
     )
     weight_decay: float | None = _help(
-        "AdamW weight decay (never applied to biases or LayerNorm). Default: the recipe's (presets 1.4e-3, pretrained 0.01).",
-        default=None,
+        "AdamW weight decay (never applied to biases or LayerNorm). Default: the recipe's (docs/tuning.md).", default=None
     )
     warmup_ratio: float | None = _help(
-        "Fraction of steps for linear warmup, then linear decay to 0. Default: the recipe's (presets 0.176, pretrained 0.1).",
-        default=None,
+        "Fraction of steps for linear warmup, then linear decay to 0. Default: the recipe's (docs/tuning.md).", default=None
     )
     max_grad_norm: float = _help("Gradient clipping norm.", default=1.0)
-    precision: Literal["auto", "fp32", "bf16"] = _help(
-        "'auto': bf16 autocast on GPUs that support it and on CPUs with AMX/AVX512-BF16, else fp32.",
-        default="auto",
-    )
+    precision: Literal["auto", "fp32", "bf16"] = _precision()
     log_every: int = _help("Also print the training loss every N steps (rank 0), for logs without a terminal; 0: off.", default=0)
-    progress_bar: bool = _help("A progress bar per epoch on rank 0 (steps, loss, samples/s), drawn on the driver.", default=True)
+    progress_bar: bool = _help(
+        "Epoch progress on rank 0 (steps, loss, samples/s): a live bar on a terminal, a line every ~10 %% or 30 s in logs.",
+        default=True,
+    )
     storage_path: str = _help(
         "Where runs and checkpoints go: an absolute path or a URI (s3://, gs://). Multi-node clusters need shared storage.",
         default="~/ynat_ray_results",
@@ -138,29 +199,61 @@ class YnatConfig:
         "possible, 'SPREAD' spreads them where it can, 'STRICT_SPREAD' puts every worker on a different node.",
         default="PACK",
     )
-    placement_timeout_s: float = _help(
-        "Wait at most this long for the nodes to hold the workers (or batch actors), then stop with one line that "
-        "says what was asked and what the nodes have. Raise it on an autoscaling cluster whose nodes take longer to start.",
-        default=120.0,
-    )
+    placement_timeout_s: float = _placement_timeout_s()
     num_to_keep: int = _help("Checkpoints to keep, the best by validation macro-F1.", default=2)
-    verbose: bool = _help("Show Ray's own INFO logs (start-up, Ray Data execution plans, Serve controller) on the console.", default=False)
     push_to_hub: str | None = _help("After training, push the best model + tokenizer to this hub repo id.", default=None)
+    verbose: bool = _verbose()
 
-    # ---- inference (evaluate / predict / serve / predict-batch) ------------------------------
+    def resolved_storage_path(self) -> str:
+        """Ray needs an absolute path or a URI; expand ~ and relative paths here, once."""
+        if "://" in self.storage_path:  # file:// too: Ray takes it as is
+            return self.storage_path
+        return str(Path(os.path.expanduser(self.storage_path)).resolve())
+
+
+@dataclass
+class EngineArgs:
+    """Which checkpoint the inference engine loads, and how it runs it (docs/engine.md)."""
+
+    _argument_group_name: ClassVar[str] = "engine"
     checkpoint: str | None = _help("A trained checkpoint: local dir, URI, or hub id.", default=None)
     backend: Literal["auto", "torch", "onnx", "onnx-int8"] = _help(
         "Inference engine. 'auto': on CPU, ONNX Runtime int8 when its recorded parity check passed, else ONNX fp32; "
         "on GPU, torch (bf16 where supported). The choice and its reason are logged and shown at /info.",
         default="auto",
     )
-    threads: int | None = _help(
-        "Intra-op threads for predict/evaluate. Default: the CPUs this process may use. (Serve replicas and batch actors "
-        "always use the CPUs they were given: --replica_cpus, --actor_cpus.)",
-        default=None,
-    )
+    max_length: int | None = _max_length()
+    precision: Literal["auto", "fp32", "bf16"] = _precision()
 
-    # ---- serving ----------------------------------------------------------------------------
+
+@dataclass
+class LocalArgs:
+    """The engine of a one-process command (predict, evaluate, export): its threads and device."""
+
+    _argument_group_name: ClassVar[str] = "this process"
+    threads: int | None = _help("Intra-op threads. Default: the CPUs this process may use.", default=None)
+    use_gpu: bool = _use_gpu()
+    eval_batch_size: int = _eval_batch_size()
+
+
+@dataclass
+class LimitArgs:
+    """What each Serve replica enforces per request and batch. Reaches replicas as Serve's `user_config`, so a
+    `serve deploy` that changes only these updates live replicas without restarting them."""
+
+    _argument_group_name: ClassVar[str] = "replica limits (live-updatable)"
+    max_batch_size: int = _help("@serve.batch: most texts in one forward pass.", default=32)
+    batch_wait_timeout_s: float = _help("@serve.batch: wait this long for a batch to fill (5 ms: best measured).", default=0.005)
+    max_texts_per_request: int = _help("Most texts in one request (else 413).", default=64)
+    max_chars_per_text: int = _help("Longer texts are truncated to this many characters (docs/serving.md).", default=2000)
+    retry_after_s: float = _help("Retry-After header (seconds) sent with 503s for backpressure or a replica that just died.", default=1.0)
+
+
+@dataclass
+class ServeArgs:
+    """The Serve deployment: ingress, replicas, autoscaling and admission control."""
+
+    _argument_group_name: ClassVar[str] = "serve"
     host: str | None = _help(
         "Address the HTTP ingress and the replicas bind. Default: 127.0.0.1 when `serve` starts Ray itself (a laptop), "
         "0.0.0.0 on a running cluster (RAY_ADDRESS), where HAProxy must reach replicas on other nodes (docs/cluster.md).",
@@ -172,13 +265,14 @@ class YnatConfig:
     target_ongoing_requests: float = _help("Autoscaling: ongoing requests per replica to aim for.", default=8.0)
     upscale_delay_s: float = _help("Autoscaling: load must persist this long before scaling up.", default=3.0)
     downscale_delay_s: float = _help("Autoscaling: idle this long before scaling down.", default=15.0)
+    look_back_period_s: float = _help(
+        "Autoscaling: average the ongoing-request metric over this window (Serve's default, 30 s, makes scaling sluggish; "
+        "keep it above Serve's 10 s metrics push interval).",
+        default=15.0,
+    )
     max_ongoing_requests: int = _help("Requests one replica takes at once (must be >= max_batch_size).", default=64)
     max_queued_requests: int = _help("Requests waiting per deployment before 503 + Retry-After.", default=256)
-    max_batch_size: int = _help("@serve.batch: most texts in one forward pass.", default=32)
-    batch_wait_timeout_s: float = _help("@serve.batch: wait this long for a batch to fill (5 ms: best measured).", default=0.005)
-    max_texts_per_request: int = _help("Most texts in one request (else 413).", default=64)
-    max_chars_per_text: int = _help("Longer texts are truncated to this many characters (see README).", default=2000)
-    replica_cpus: float = _help("CPUs per serving replica.", default=1.0)
+    replica_cpus: float = _help("CPUs per serving replica (its engine runs that many threads).", default=1.0)
     replica_gpus: float = _help("GPUs per serving replica (bf16/fp16 on GPU).", default=0.0)
     http_ingress: Literal["haproxy", "proxy"] = _help(
         "'haproxy': Serve's HAProxy direct ingress (faster; falls back to 'proxy' with a warning if it cannot start). "
@@ -197,78 +291,225 @@ class YnatConfig:
         default=None,
     )
     request_timeout_s: float = _help("HTTP request timeout at the proxy.", default=30.0)
-    look_back_period_s: float = _help(
-        "Autoscaling: average the ongoing-request metric over this window (Serve's default, 30 s, makes scaling sluggish; "
-        "keep it above Serve's 10 s metrics push interval).",
-        default=15.0,
-    )
     health_check_period_s: float = _help(
         "Seconds between replica health checks (each runs a real 1-text forward pass); also how fast a dead replica is replaced.",
         default=10.0,
     )
-    retry_after_s: float = _help("Retry-After header (seconds) sent with 503s for backpressure or a replica that just died.", default=1.0)
+    verbose: bool = _verbose()
 
-    # ---- batch prediction -------------------------------------------------------------------
-    input: str | None = _help("predict-batch: input file/dir/glob/URI (json, jsonl, csv, parquet).", default=None)
-    output: str | None = _help("predict-batch: output directory (parquet or jsonl files).", default=None)
-    output_format: Literal["parquet", "jsonl"] = _help("predict-batch: output file format.", default="parquet")
-    all_scores: bool = _help("predict-batch: also write the score of each of the 7 topics.", default=False)
-    num_actors: int = _help("predict-batch: predictor actors (each loads the model once).", default=1)
-    actor_cpus: float = _help("predict-batch: CPUs per predictor actor.", default=1.0)
-    actor_gpus: float = _help("predict-batch: GPUs per predictor actor.", default=0.0)
+
+@dataclass
+class BatchArgs:
+    """A predict-batch job: input and output files, and the predictor actors."""
+
+    _argument_group_name: ClassVar[str] = "batch"
+    input: str | None = _help("Input file/dir/glob/URI (json, jsonl, csv, parquet).", default=None)
+    output: str | None = _help("Output directory (parquet or jsonl files).", default=None)
+    output_format: Literal["parquet", "jsonl"] = _help("Output file format.", default="parquet")
+    all_scores: bool = _help("Also write the score of each of the 7 topics.", default=False)
+    num_actors: int = _help("Predictor actors (each loads the model once).", default=1)
+    actor_cpus: float = _help("CPUs per predictor actor (its engine runs that many threads).", default=1.0)
+    actor_gpus: float = _help("GPUs per predictor actor.", default=0.0)
+    eval_batch_size: int = _eval_batch_size()
     rows_per_file: int = _help(
-        "predict-batch: rows gathered into one output file. Each file is committed with its rows' ids, so a run stopped "
-        "midway and started again with the same arguments redoes at most the files in flight.",
+        "Rows gathered into one output file. Each file is committed with its rows' ids, so a run stopped midway and "
+        "started again with the same arguments redoes at most the files in flight.",
         default=100_000,
     )
     overwrite: bool = _help(
-        "predict-batch: replace the contents of an existing --output directory (and the quarantine file); "
-        "without it a non-empty --output is an error.",
+        "Replace the contents of an existing --output directory (and the quarantine file); without it a non-empty "
+        "--output is an error.",
         default=False,
     )
+    placement_timeout_s: float = _placement_timeout_s()
+    verbose: bool = _verbose()
 
-    # -----------------------------------------------------------------------------------------
-    @property
-    def train_max_length(self) -> int:
-        """The length training truncates to (inference reads the trained one back from the checkpoint)."""
-        from ynat_ray.checkpoint import DEFAULT_MAX_LENGTH
 
-        return self.max_length or DEFAULT_MAX_LENGTH
+@dataclass
+class TuneArgs:
+    """The search itself; every other option is fixed for all trials (or searched, when the space names it)."""
 
-    def with_recipe(self) -> YnatConfig:
-        """A copy whose training-recipe fields left at None (learning rate, epochs, batch size, warmup, weight decay,
-        dropouts) hold the model's recipe (`modeling.recipe_for`): tuned values for the offline presets, the usual
-        fine-tuning ones for pretrained models. Training resolves once, at the start of a run or trial."""
-        from dataclasses import replace
+    _argument_group_name: ClassVar[str] = "tune"
+    space: str | None = _help("YAML search space: option names, fixed values or ranges. Default: the packaged one.", default=None)
+    num_samples: int = _help("Trials to sample (with `grid` entries: samples per grid point).", default=8)
+    max_concurrent_trials: int | None = _help("Trials at once (default: what the CPUs/GPUs hold).", default=None)
+    grace_period: int = _help("ASHA: epochs every trial runs before it can be stopped.", default=2)
+    reduction_factor: int = _help("ASHA: keep the best 1/N of trials at each rung.", default=2)
+    trial_failures: int = _help("Tune: times a failed trial is retried (workers: --max_failures).", default=1)
+    out: str | None = _help("Directory for results.csv, trials.png, best.yaml (default: the search's folder).", default=None)
 
-        from ynat_ray.modeling import RECIPE_FIELDS, recipe_for
 
-        recipe = recipe_for(self.model)
-        return replace(self, **{k: getattr(recipe, k) for k in RECIPE_FIELDS if getattr(self, k) is None})
+GROUPS: tuple[type, ...] = (RowArgs, DataArgs, ModelArgs, TrainArgs, EngineArgs, LocalArgs, LimitArgs, ServeArgs, BatchArgs, TuneArgs)
 
-    def resolved_storage_path(self) -> str:
-        """Ray needs an absolute path or a URI; expand ~ and relative paths here, once."""
-        if "://" in self.storage_path:  # file:// too: Ray takes it as is
-            return self.storage_path
-        return str(Path(os.path.expanduser(self.storage_path)).resolve())
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+def option_names(group: type) -> list[str]:
+    """The option (flag, YAML key) names of a group or a command config."""
+    return [f.name for f in fields(group)]
+
+
+# ---- command configs -------------------------------------------------------------------------------------
+C = TypeVar("C", bound="CommandConfig")
+
+
+@dataclass
+class CommandConfig:
+    """A command's groups. Subclasses list one field per group; `of()` builds one from flat option names."""
+
+    command: ClassVar[str] = ""
+    description: ClassVar[str] = ""
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> YnatConfig:
-        """Build from a dict (a YAML/JSON file); unknown keys are an error, not silently ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
-        return cls(**values)
+    def groups(cls) -> dict[str, type]:
+        """Group attribute -> group class, in `--help` order."""
+        return {f.name: f.type if isinstance(f.type, type) else _GROUP_BY_NAME[f.type] for f in fields(cls)}
+
+    @classmethod
+    def options(cls) -> dict[str, str]:
+        """Every option this command takes -> the attribute of the group that holds it."""
+        return {name: attr for attr, group in cls.groups().items() for name in option_names(group)}
+
+    @classmethod
+    def of(cls: type[C], **values: Any) -> C:
+        """Build from flat option names (a test's `TrainConfig.of(epochs=1)`, a YAML mapping); a name this command
+        does not take is a `UsageError` naming the command that does."""
+        check_options(cls, values)
+        where = cls.options()
+        per_group: dict[str, dict[str, Any]] = {attr: {} for attr in cls.groups()}
+        for name, value in values.items():
+            per_group[where[name]][name] = value
+        return cls(**{attr: group(**per_group[attr]) for attr, group in cls.groups().items()})
+
+    def flat(self) -> dict[str, Any]:
+        """All options as one flat mapping (what a YAML file holds)."""
+        out: dict[str, Any] = {}
+        for attr in self.groups():
+            out.update(asdict(getattr(self, attr)))
+        return out
 
 
+@dataclass
+class TrainConfig(CommandConfig):
+    command: ClassVar[str] = "train"
+    description: ClassVar[str] = "Fine-tune a YNAT topic classifier with Ray Train."
+    data: DataArgs = field(default_factory=DataArgs)
+    model: ModelArgs = field(default_factory=ModelArgs)
+    train: TrainArgs = field(default_factory=TrainArgs)
+
+    def with_recipe(self) -> TrainConfig:
+        """A copy whose recipe options left at None (learning rate, epochs, batch size, warmup, weight decay, token
+        dropout; the model's dropouts) hold the model's recipe (`modeling.recipe_for`): tuned values for the offline
+        presets, the usual fine-tuning ones for pretrained models. Training resolves once, at the start of a run."""
+        from ynat_ray.modeling import RECIPE_FIELDS, recipe_for
+
+        recipe = recipe_for(self.model.model)
+
+        def filled(group: Any) -> Any:
+            names = set(option_names(type(group))) & set(RECIPE_FIELDS)
+            return replace(group, **{k: getattr(recipe, k) for k in names if getattr(group, k) is None})
+
+        return replace(self, model=filled(self.model), train=filled(self.train))
+
+    def run_spec_config(self) -> dict[str, dict[str, Any]]:
+        """What a checkpoint records of its run: the data, model and train groups (what inference and resume need)."""
+        return {"data": asdict(self.data), "model": asdict(self.model), "train": asdict(self.train)}
+
+
+@dataclass
+class TuneConfig(TrainConfig):
+    command: ClassVar[str] = "tune"
+    description: ClassVar[str] = (
+        "Search training hyperparameters with Ray Tune (ASHA on validation macro-F1) over the same TorchTrainer loop. "
+        "Other options are fixed for every trial; writes results.csv, trials.png and best.yaml (for `train --config`)."
+    )
+    tune: TuneArgs = field(default_factory=TuneArgs)
+
+    def trial(self) -> TrainConfig:
+        """The training options every trial starts from."""
+        return TrainConfig(data=self.data, model=self.model, train=self.train)
+
+
+@dataclass
+class EvaluateConfig(CommandConfig):
+    command: ClassVar[str] = "evaluate"
+    description: ClassVar[str] = "Accuracy, macro-F1, per-class F1 and the confusion matrix of a checkpoint."
+    engine: EngineArgs = field(default_factory=EngineArgs)
+    local: LocalArgs = field(default_factory=LocalArgs)
+    data: DataArgs = field(default_factory=DataArgs)
+
+
+@dataclass
+class PredictConfig(CommandConfig):
+    command: ClassVar[str] = "predict"
+    description: ClassVar[str] = "Classify titles given on the command line; prints pipeline-shaped output."
+    engine: EngineArgs = field(default_factory=EngineArgs)
+    local: LocalArgs = field(default_factory=LocalArgs)
+
+
+@dataclass
+class ExportConfig(CommandConfig):
+    command: ClassVar[str] = "export"
+    description: ClassVar[str] = (
+        "Export a checkpoint (local dir, URI or hub id) to ONNX fp32 + int8 and record their parity with torch on the "
+        "validation rows. Files go into <checkpoint>/onnx, or a cache keyed by the weights' hash when the checkpoint is "
+        "not writable."
+    )
+    engine: EngineArgs = field(default_factory=EngineArgs)
+    local: LocalArgs = field(default_factory=LocalArgs)
+    data: DataArgs = field(default_factory=DataArgs)
+
+
+@dataclass
+class ServeConfig(CommandConfig):
+    command: ClassVar[str] = "serve"
+    description: ClassVar[str] = "Serve a checkpoint over HTTP with Ray Serve (autoscaling, batching)."
+    engine: EngineArgs = field(default_factory=EngineArgs)
+    limits: LimitArgs = field(default_factory=LimitArgs)
+    serve: ServeArgs = field(default_factory=ServeArgs)
+
+
+@dataclass
+class BatchConfig(CommandConfig):
+    command: ClassVar[str] = "predict-batch"
+    description: ClassVar[str] = "Score files with Ray Data (an actor pool running the inference engine); writes parquet/jsonl."
+    engine: EngineArgs = field(default_factory=EngineArgs)
+    rows: RowArgs = field(default_factory=RowArgs)
+    batch: BatchArgs = field(default_factory=BatchArgs)
+
+
+_GROUP_BY_NAME = {g.__name__: g for g in GROUPS}
+COMMAND_CONFIGS: tuple[type[CommandConfig], ...] = (
+    TrainConfig, TuneConfig, EvaluateConfig, PredictConfig, ServeConfig, BatchConfig, ExportConfig,
+)  # fmt: skip
+
+
+def commands_taking(name: str) -> list[str]:
+    """The commands whose groups hold option `name` (empty: no command knows it)."""
+    return [c.command for c in COMMAND_CONFIGS if name in c.options()]
+
+
+def check_options(cls: type[CommandConfig], names: Any, *, where: str = "") -> None:
+    """Every name must be an option of `cls`'s command; otherwise one line naming the command(s) that take it."""
+    for name in names:
+        if name in cls.options():
+            continue
+        owners = commands_taking(name)
+        prefix = f"{where}: " if where else ""
+        if owners:
+            takers = " / ".join(f"`ynat-ray {o}`" for o in owners)
+            raise UsageError(f"{prefix}--{name} is an option of {takers}, not of `ynat-ray {cls.command}`")
+        raise UsageError(f"{prefix}unknown option --{name} (see `ynat-ray {cls.command} --help`)")
+
+
+# ---- files -----------------------------------------------------------------------------------------------
 def is_uri(path: str) -> bool:
     """An object-store or other remote URI (s3://, gs://, ...); `file://` and plain paths are local. The one test
-    for it: checkpoints, storage, artifacts and config files all decide local-or-remote here."""
+    for it: checkpoints, storage, artifacts, inputs and config files all decide local-or-remote here."""
     return "://" in path and not path.startswith("file://")
+
+
+def local_path(path: str) -> str:
+    """A local path or `file://` URI as a plain path (remote URIs pass through)."""
+    return path.removeprefix("file://")
 
 
 def read_text(path: str, what: str = "config file") -> str:
@@ -281,14 +522,15 @@ def read_text(path: str, what: str = "config file") -> str:
                 return fh.read()
         except FileNotFoundError:
             raise FileNotFoundError(f"{what} {path} does not exist") from None
-    local = path.removeprefix("file://")
+    local = local_path(path)
     if not os.path.isfile(local):
         raise FileNotFoundError(f"{what} {path} does not exist")
     return Path(local).read_text(encoding="utf-8")
 
 
 def load_config_file(path: str) -> dict[str, Any]:
-    """Read a YAML or JSON config file (local or URI) into a dict."""
+    """Read a YAML or JSON config file (local or URI) into a flat dict of option names. Keys of any command are
+    allowed (one file may configure train and serve); a key no command knows is a `UsageError`."""
     text = read_text(path)
     if path.endswith((".yaml", ".yml")):
         import yaml
@@ -303,33 +545,52 @@ def load_config_file(path: str) -> dict[str, Any]:
         except json.JSONDecodeError as err:
             raise UsageError(f"config file {path} is not valid JSON: {err}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: a config file must hold a mapping of option names to values")
-    try:
-        YnatConfig.from_dict(values)  # validate the keys early
-    except (TypeError, ValueError) as err:
-        raise UsageError(f"config file {path}: {err}") from None
+        raise UsageError(f"config file {path} must hold a mapping of option names to values")
+    unknown = sorted(k for k in values if not commands_taking(k))
+    if unknown:
+        raise UsageError(f"config file {path}: unknown option(s) {', '.join(unknown)}")
     return values
 
 
-def build_parser(description: str | None = None) -> Any:
-    """HfArgumentParser over YnatConfig, plus --config FILE."""
+# ---- parsing ---------------------------------------------------------------------------------------------
+def _raise_usage_error(message: str) -> None:
+    raise UsageError(message)
+
+
+def build_parser(cls: type[CommandConfig]) -> Any:
+    """HfArgumentParser over the command's groups (one `--help` section each), plus `--config FILE`."""
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(YnatConfig, description=description)
+    parser = HfArgumentParser(tuple(cls.groups().values()), prog=f"ynat-ray {cls.command}", description=cls.description)
     parser.error = _raise_usage_error  # argparse would print usage + exit; the CLI prints one line instead
-    parser.add_argument("--config", default=None, help="YAML or JSON file of options; command-line flags override it.")
+    parser.add_argument(
+        "--config", default=None, help="YAML or JSON file of options (it may hold other commands' options too); flags override it."
+    )
     return parser
 
 
-def parse_config(argv: list[str] | None = None, parser: Any = None) -> tuple[YnatConfig, argparse.Namespace]:
-    """Parse argv into (YnatConfig, namespace of the extra arguments: --config and any the caller added)."""
-    parser = parser or build_parser()
+def _flag_names(argv: list[str]) -> list[str]:
+    return [a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--") and len(a) > 2]
+
+
+def parse_command(cls: type[C], argv: list[str] | None = None, parser: Any = None, defaults: dict[str, Any] | None = None) -> tuple[C, argparse.Namespace]:
+    """Parse argv into (command config, namespace of extra arguments the caller added to `parser`).
+
+    Order of precedence: flags, then the `--config` file (only the keys this command takes), then `defaults`
+    (e.g. a search space's fixed values), then each option's default.
+    """
+    parser = parser or build_parser(cls)
     argv = list(sys.argv[1:] if argv is None else argv)
+    extras = {a.dest for a in parser._actions} - set(cls.options()) - {"help"}
+    check_options(cls, [n for n in _flag_names(argv) if n not in extras and n.removeprefix("no_") not in cls.options()])
     pre, _ = parser.parse_known_args(argv)
+    values = dict(defaults or {})
     if pre.config:
-        parser.set_defaults(**load_config_file(pre.config))
-    *outputs, unknown = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False, return_remaining_strings=True)
+        values.update({k: v for k, v in load_config_file(pre.config).items() if k in cls.options()})
+    parser.set_defaults(**values)
+    *groups, unknown = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False, return_remaining_strings=True)
     if unknown:
-        raise UsageError(f"unknown option(s): {' '.join(unknown)} (see --help)")
-    extra = outputs[1] if len(outputs) > 1 else argparse.Namespace()
-    return outputs[0], extra
+        raise UsageError(f"unknown option(s): {' '.join(unknown)} (see `ynat-ray {cls.command} --help`)")
+    n = len(cls.groups())
+    extra = groups[n] if len(groups) > n else argparse.Namespace()
+    return cls(**dict(zip(cls.groups(), groups[:n], strict=True))), extra

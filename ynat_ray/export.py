@@ -35,7 +35,9 @@ from ynat_ray.checkpoint import (
     inference_max_length,
     read_run_spec,
 )
+from ynat_ray.cpu import cpu_flags, threads_for
 from ynat_ray.features import encode_texts
+from ynat_ray.inference import softmax
 
 FP32_MAX_ABS_DIFF = 1e-4  # softmax probabilities, ONNX fp32 vs torch fp32
 INT8_MIN_AGREEMENT = 0.99  # share of int8 labels equal to the torch fp32 labels
@@ -52,18 +54,6 @@ DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]  # see ort_session
 
 # ---------------------------------------------------------------------------------------------
 # int8 settings from the CPU
-
-
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags of this host from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith(("flags", "Features")):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 def int8_settings(flags: frozenset[str] | set[str] | None = None) -> dict[str, Any]:
@@ -254,11 +244,6 @@ def ort_session(path: str, threads: int) -> Any:
 # Parity
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
-
-
 def check_parity(
     checkpoint_dir: str, onnx_dir: str, texts: Sequence[str], labels: Sequence[int] | None, max_length: int, threads: int
 ) -> dict[str, Any]:
@@ -287,9 +272,9 @@ def check_parity(
         feed = {name: np.asarray(value, dtype=np.int64) for name, value in enc.items()}
         with torch.inference_mode():
             logits = model(**{name: torch.from_numpy(value) for name, value in feed.items()}).logits.float().numpy()
-        probs["torch"].append(_softmax(logits))
-        probs["onnx"].append(_softmax(fp32.run(["logits"], feed)[0]))
-        probs["int8"].append(_softmax(int8.run(["logits"], feed)[0]))
+        probs["torch"].append(softmax(logits))
+        probs["onnx"].append(softmax(fp32.run(["logits"], feed)[0]))
+        probs["int8"].append(softmax(int8.run(["logits"], feed)[0]))
     p = {name: np.concatenate(chunks) for name, chunks in probs.items()}
     pred = {name: value.argmax(axis=-1) for name, value in p.items()}
     record: dict[str, Any] = {
@@ -371,14 +356,6 @@ def _export_lock(onnx_dir: str) -> Iterator[None]:
         os.close(fd)  # closing releases the lock
 
 
-def default_threads() -> int:
-    """CPUs this process may run on (its affinity mask, which container limits and `taskset` narrow)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
-
-
 def export_checkpoint(
     checkpoint_dir: str,
     *,
@@ -418,7 +395,7 @@ def export_checkpoint(
 
             rows = embedded_split("validation")
             texts, labels = rows["title"].tolist(), rows["label"].tolist()
-        threads = default_threads() if threads is None else max(1, threads)
+        threads = threads_for(threads)
         started = time.perf_counter()
         fp32_path = export_onnx(checkpoint_dir, os.path.join(onnx_dir, ONNX_FP32_FILE), max_length)
         quantize_int8(fp32_path, os.path.join(onnx_dir, ONNX_INT8_FILE), settings)

@@ -21,11 +21,15 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ynat_ray.checkpoint import inference_max_length, read_run_spec, resolve_checkpoint
+from ynat_ray.cpu import threads_for
+
+if TYPE_CHECKING:
+    from ynat_ray.config import EngineArgs
 
 logger = logging.getLogger("ynat_ray")
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
@@ -42,19 +46,6 @@ def format_predictions(probs: np.ndarray, id2label: dict[int, str], top_k: int |
     k = probs.shape[1] if top_k is None else max(1, min(top_k, probs.shape[1]))
     order = np.argsort(-probs, axis=1)[:, :k]
     return [[{"label": id2label[int(j)], "score": float(row[j])} for j in idx] for row, idx in zip(probs, order)]
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, which Ray and containers narrow), not the machine's."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def threads_for(cpus: float | None) -> int:
-    """Intra-op threads for a process given `cpus` CPUs (a Serve replica, a Ray Data actor): at least 1."""
-    return available_cpus() if cpus is None else max(1, round(cpus))
 
 
 @dataclass(frozen=True)
@@ -142,7 +133,6 @@ class TextClassifier:
         precision: str = "auto",
         max_length: int | None = None,
         threads: int | None = None,
-        log: Any = None,
     ):
         from transformers import AutoConfig, AutoTokenizer
 
@@ -168,7 +158,7 @@ class TextClassifier:
             from ynat_ray.export import export_checkpoint
 
             try:
-                parity = export_checkpoint(path, max_length=self.max_length, log=log or logger.info)
+                parity = export_checkpoint(path, max_length=self.max_length, log=logger.info)
             except Exception as err:  # noqa: BLE001 - any export failure falls back to torch, loudly
                 if backend != "auto":
                     raise
@@ -235,3 +225,14 @@ class TextClassifier:
         batch = [texts] if isinstance(texts, str) else list(texts)
         preds = format_predictions(self.probabilities(batch), self.id2label, top_k)
         return [p[0] for p in preds] if top_k == 1 else preds
+
+
+def load_engine(engine: EngineArgs, *, cpus: float | None = None, gpus: float = 0.0) -> TextClassifier:
+    """The one way every role builds its engine from its `EngineArgs` and the resources that role was given:
+    a Serve replica's `replica_cpus`/`replica_gpus`, a batch actor's `actor_cpus`/`actor_gpus`, predict's
+    `--threads`/`--use_gpu`. One intra-op thread per reserved CPU (None: every CPU this process may use), so
+    replicas and actors sharing a machine do not oversubscribe it."""
+    return TextClassifier(
+        engine.checkpoint or "", backend=engine.backend, use_gpu=gpus > 0, precision=engine.precision,
+        max_length=engine.max_length, threads=threads_for(cpus),
+    )  # fmt: skip

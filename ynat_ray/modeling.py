@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ynat_ray.errors import YnatError
 from ynat_ray.labels import ID2LABEL, LABEL2ID, NUM_LABELS
 from ynat_ray.vocab import train_tokenizer
 
@@ -89,7 +90,7 @@ def recipe_for(model: str) -> Recipe:
     return PRESETS[model].recipe if is_preset(model) else PRETRAINED_RECIPE
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(YnatError):
     """A model or tokenizer could not be loaded; the message says what to try instead."""
 
 

@@ -8,22 +8,9 @@ slower than fp32, so 'auto' must look at the hardware instead of assuming.
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import Any
 
-
-@functools.lru_cache(maxsize=1)
-def cpu_has_bf16() -> bool:
-    """True when the CPU advertises native bf16 matmul support (AMX or AVX512-BF16)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool({"amx_bf16", "avx512_bf16"} & flags)
-    except OSError:
-        pass
-    return False
+from ynat_ray.cpu import has_native_bf16
 
 
 def resolve_precision(precision: str, device_type: str) -> str:
@@ -34,7 +21,7 @@ def resolve_precision(precision: str, device_type: str) -> str:
         import torch
 
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_bf16() else "fp32"
+    return "bf16" if has_native_bf16() else "fp32"
 
 
 def autocast(precision: str, device_type: str) -> contextlib.AbstractContextManager[Any]:

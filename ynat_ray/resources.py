@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ynat_ray.config import UsageError
+from ynat_ray.errors import UsageError
 
 MIN_WORKER_CPUS = 0.1
 # Leave at least this much of the cluster to Ray Data even when --cpus_per_worker is given.
