@@ -20,40 +20,34 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+import common
 import pandas as pd
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ynat_ray.config import YnatConfig  # noqa: E402
-from ynat_ray.data import embedded_split, read_rows  # noqa: E402
+from tfidf_baseline import macro_f1, yardstick
 
 
 def held_out_rows(dev_path: str) -> pd.DataFrame:
     """YNAT dev rows (read and validated by the project's row reader) minus the embedded validation and test rows."""
-    dev = read_rows(dev_path, YnatConfig())
+    from ynat_ray.data.sources import embedded_split
+
+    dev = common.read_ynat(dev_path, strict=True)
     taken = set(embedded_split("validation")["guid"]) | set(embedded_split("test")["guid"])
     return dev[~dev["guid"].isin(taken)].reset_index(drop=True)
 
 
 def tfidf_macro_f1(rows: pd.DataFrame) -> float:
-    """bench/tfidf_baseline.py's model (char_wb 1-3 grams, C=10 as chosen there on validation) on these rows."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import f1_score
-    from tfidf_baseline import tfidf_vectorizer
+    """The yardstick (bench/tfidf_baseline.py), trained on the embedded train rows, on these rows."""
+    from ynat_ray.data.sources import embedded_split
 
     train = embedded_split("train")
-    vectorizer = tfidf_vectorizer()
-    model = LogisticRegression(C=10.0, max_iter=2000).fit(vectorizer.fit_transform(train["title"]), train["label"])
-    return float(f1_score(rows["label"], model.predict(vectorizer.transform(rows["title"])), average="macro"))
+    return macro_f1(rows["label"], yardstick().fit(train["title"], train["label"]).predict(rows["title"]))
 
 
 def checkpoint_macro_f1(checkpoint: str, rows_path: str) -> float:
     """macro-F1 from `ynat-ray evaluate --json` on the held-out rows."""
     out = subprocess.run(
-        ["ynat-ray", "evaluate", "--checkpoint", checkpoint, "--test_data", rows_path, "--backend", "torch", "--json"],
+        [sys.executable, "-m", "ynat_ray.cli", "evaluate", "--checkpoint", checkpoint, "--test_data", rows_path, "--backend", "torch", "--json"],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     return float(json.loads(out.stdout[out.stdout.index("{") :])["macro_f1"])
@@ -79,9 +73,7 @@ def main() -> None:
     scores = list(result["checkpoints"].values())
     result["mean_macro_f1"] = sum(scores) / len(scores)
     print(f"held-out dev rows: {len(rows)}; mean macro-F1 of {len(scores)} checkpoint(s): {result['mean_macro_f1']:.4f}")
-    out = Path(__file__).parent / "results" / f"heldout_dev_{int(time.time())}.json"
-    out.write_text(json.dumps(result, indent=1), encoding="utf-8")
-    print(f"wrote {out}")
+    common.write_results("heldout_dev", result)
 
 
 if __name__ == "__main__":

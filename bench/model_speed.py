@@ -1,7 +1,7 @@
 """The model alone: torch fp32 vs ONNX Runtime fp32 vs ONNX Runtime int8 (and torch bf16 autocast where the CPU
-has native bf16: `amx_bf16` or `avx512_bf16` in /proc/cpuinfo), per trained checkpoint.
+has native bf16: `amx_bf16` or `avx512_bf16`, `ynat_ray.cpu.has_native_bf16`), per trained checkpoint.
 
-What one cell measures: `TextClassifier(ckpt, backend=..., threads=N).logits(chunk, batch_size=B)` over
+What one cell measures: the product's engine (`load_engine`, a backend, N threads) `.logits(chunk, batch_size=B)` over
 consecutive chunks of B real validation titles, so tokenization, padding and the forward pass are all
 included (the same call a Serve replica or a batch actor makes). Titles rotate through the input file; each
 cell runs for `--seconds` after a short warm-up and reports texts/s. Every backend runs with the same
@@ -14,7 +14,7 @@ Parity, on every row of `--input` (batches of 64, the engine's length-sorted pad
 
     . .venv/bin/activate && export HF_HUB_OFFLINE=1
     python bench/model_speed.py --model tiny=/path/to/tiny/checkpoint --model 6x384=/path/to/small/checkpoint \\
-        --input /work/shared/data/ynat/validation.jsonl
+        --input /path/to/klue-ynat/validation.jsonl
 
 Writes bench/results/model_speed_<unix time>.json and prints a markdown table. The validation rows are KLUE
 YNAT (Park et al., KLUE, 2021), CC BY-SA 4.0.
@@ -25,70 +25,25 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
-import sys
 import time
-from pathlib import Path
+from functools import partial
 from typing import Any
 
+import common
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ynat_ray.config import EngineArgs
+from ynat_ray.inference import TextClassifier, load_engine
+from ynat_ray.metrics import classification_metrics
 
-from quiet import wait_quiet  # noqa: E402
-
-from ynat_ray.config import YnatConfig  # noqa: E402
-from ynat_ray.data import read_rows  # noqa: E402
-from ynat_ray.inference import TextClassifier  # noqa: E402
-from ynat_ray.metrics import classification_metrics  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
 PARITY_BATCH = 64
 
 
-def cpu_info() -> dict[str, Any]:
-    """This host's CPU model and the ISA flags that matter for fp32/int8/bf16 kernels, read from /proc/cpuinfo."""
-    model, flags = "", set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name") and not model:
-                    model = line.split(":", 1)[1].strip()
-                elif line.startswith("flags") and not flags:
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    model = model or platform.processor() or "unknown"
-    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16")
-    return {
-        "model": model,
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "flags": {f: f in flags for f in wanted},
-        "native_bf16": bool({"amx_bf16", "avx512_bf16"} & flags),
-    }
-
-
-def parse_models(specs: list[str]) -> dict[str, str]:
-    models = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"--model wants NAME=CHECKPOINT_DIR, got {spec!r}")
-        if not os.path.isdir(path):
-            raise SystemExit(f"--model {name}: {path} is not a directory")
-        models[name] = path
-    return models
-
-
-def load_engine(checkpoint: str, variant: str, threads: int) -> TextClassifier:
-    """torch-fp32 / torch-bf16 / onnx / onnx-int8 -> a TextClassifier on CPU with `threads` intra-op threads."""
-    if variant.startswith("torch"):
-        precision = "bf16" if variant == "torch-bf16" else "fp32"
-        return TextClassifier(checkpoint, backend="torch", use_gpu=False, precision=precision, threads=threads)
-    return TextClassifier(checkpoint, backend=variant, use_gpu=False, threads=threads)
+def engine(checkpoint: str, variant: str, threads: int) -> TextClassifier:
+    """torch-fp32 / torch-bf16 / onnx / onnx-int8 -> the product's engine on CPU with `threads` intra-op threads."""
+    backend = "torch" if variant.startswith("torch") else variant
+    precision = {"torch-fp32": "fp32", "torch-bf16": "bf16"}.get(variant, "auto")  # ONNX Runtime runs fp32 or int8 as exported
+    return load_engine(EngineArgs(checkpoint=checkpoint, backend=backend, precision=precision), cpus=threads)
 
 
 def speed(clf: TextClassifier, titles: list[str], batch: int, seconds: float, warmup_s: float) -> dict[str, float]:
@@ -125,11 +80,7 @@ def speed(clf: TextClassifier, titles: list[str], batch: int, seconds: float, wa
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--model", action="append", required=True, metavar="NAME=DIR",
-        help="A trained checkpoint to measure, as NAME=DIR (repeat for several, e.g. tiny=... 6x384=...).",
-    )  # fmt: skip
-    parser.add_argument("--input", required=True, help="Real YNAT rows with gold labels (jsonl/json/csv/parquet), e.g. the validation split.")
+    common.add_model_args(parser, required=True)
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8, 32], help="Titles per call (the engine's batch size).")
     parser.add_argument("--threads", type=int, default=2, help="Intra-op threads for every backend (torch and ONNX Runtime).")
     parser.add_argument("--seconds", type=float, default=4.0, help="Measured seconds per cell (after the warm-up).")
@@ -138,19 +89,15 @@ def main() -> None:
         "--variants", nargs="+", default=None, choices=["torch-fp32", "torch-bf16", "onnx", "onnx-int8"],
         help="Engines to measure. Default: torch-fp32, onnx, onnx-int8, plus torch-bf16 when the CPU has native bf16.",
     )  # fmt: skip
-    parser.add_argument(
-        "--max_foreign_cores", type=float, default=0.25,
-        help="A cell during which other processes used more cores than this is measured again (shared machine).",
-    )  # fmt: skip
-    parser.add_argument("--retries", type=int, default=3, help="How many times a disturbed cell is measured again (the last try is kept).")
+    common.add_quiet_args(parser, retries=3)
     parser.add_argument("--no_parity", action="store_true", help="Skip the parity pass over every --input row.")
-    parser.add_argument("--out", default=str(HERE / "results"), help="Directory for the JSON results.")
+    common.add_out_arg(parser)
     args = parser.parse_args()
 
-    models = parse_models(args.model)
-    cpu = cpu_info()
+    models = common.parse_models(args.model)
+    cpu = common.machine()
     variants = args.variants or ["torch-fp32", *(["torch-bf16"] if cpu["native_bf16"] else []), "onnx", "onnx-int8"]
-    rows = read_rows(args.input, YnatConfig(on_bad_rows="skip"), require_label=False)
+    rows = common.read_ynat(args.input)
     titles = rows["title"].tolist()
     gold = rows["label"].to_numpy(dtype=np.int64) if "label" in rows else None
     print(f"CPU: {cpu['model']}, {cpu['usable_cpus']} usable CPUs; flags {', '.join(k for k, v in cpu['flags'].items() if v)}", flush=True)
@@ -163,15 +110,13 @@ def main() -> None:
     for name, checkpoint in models.items():
         probs: dict[str, np.ndarray] = {}
         for variant in variants:
-            clf = load_engine(checkpoint, variant, args.threads)
+            clf = engine(checkpoint, variant, args.threads)
             engines[f"{name}/{variant}"] = clf.describe()
             for batch in args.batch_sizes:
-                for attempt in range(1, args.retries + 2):
-                    wait_quiet()
-                    result = speed(clf, titles, batch, args.seconds, args.warmup_s)
-                    if result["other_cpu"] <= args.max_foreign_cores:
-                        break
-                    print(f"  {name} {variant} batch {batch}: other processes used {result['other_cpu']:.2f} cores (attempt {attempt}){'; again' if attempt <= args.retries else '; keeping it, flagged'}", flush=True)
+                result, _, _ = common.undisturbed(
+                    partial(speed, clf, titles, batch, args.seconds, args.warmup_s), f"{name} {variant} batch {batch}",
+                    args.max_foreign_cores, args.retries, foreign_of=lambda r: r["other_cpu"],
+                )  # fmt: skip
                 cells.append({"model": name, "variant": variant, "batch": batch, **{k: round(v, 2) for k, v in result.items()}})
                 print(f"  {name:<8} {variant:<10} batch {batch:>3}: {result['texts_per_s']:>8.1f} texts/s (cpu {result['cpu_util']:.2f}, other processes {result['other_cpu']:.2f})", flush=True)
             if not args.no_parity:
@@ -187,18 +132,11 @@ def main() -> None:
     if parity:
         print()
         print(parity_table(parity, len(titles)))
-    os.makedirs(args.out, exist_ok=True)
-    out = Path(args.out) / f"model_speed_{int(started)}.json"
-    out.write_text(
-        json.dumps(
-            {
-                "args": vars(args), "models": models, "cpu": cpu, "rows": len(titles), "engines": engines,
-                "cells": cells, "parity": parity, "versions": versions(),
-            },
-            indent=1, ensure_ascii=False,
-        )
-    )  # fmt: skip
-    print(f"\nwrote {out}")
+    results = {
+        "args": vars(args), "models": models, "cpu": cpu, "rows": len(titles), "engines": engines,
+        "cells": cells, "parity": parity, "versions": common.versions("torch", "onnxruntime", "transformers"),
+    }  # fmt: skip
+    common.write_results("model_speed", results, args.out, started=started)
 
 
 def parity_report(probs: dict[str, np.ndarray], gold: np.ndarray | None) -> dict[str, Any]:
@@ -250,14 +188,6 @@ def parity_table(parity: dict[str, dict[str, Any]], n: int) -> str:
             f"| {f1.get('torch-fp32', float('nan')):.4f} / {f1.get('onnx', float('nan')):.4f} / {f1.get('onnx-int8', float('nan')):.4f} | {bf16} |"
         )
     return "\n".join(rows)
-
-
-def versions() -> dict[str, str]:
-    import onnxruntime
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__, "python": platform.python_version()}
 
 
 if __name__ == "__main__":

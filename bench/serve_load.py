@@ -1,6 +1,6 @@
 """HTTP load on loopback: the ynat-ray Serve app against a naive one-process server, same trained checkpoint, same run.
 
-  (a) ynat-ray on Ray Serve, started the product's way (`ynat_ray.serving.deploy`): ONE `YnatServer`
+  (a) ynat-ray on Ray Serve, started the product's way (`ynat_ray.serving.app.deploy`): ONE `YnatServer`
       replica (FastAPI + @serve.batch + the inference engine; ONNX Runtime int8 on CPU where the export's
       parity check passed) holding `--replica_cpus` CPUs, autoscaling pinned (min = max = 1) so the numbers
       measure the server, not scaling, behind HAProxy direct ingress (or Serve's Python proxy if HAProxy
@@ -26,15 +26,16 @@ ynat-tiny 1 title/request >= 2.5x req/s with p99 <= 250 ms; ynat-tiny 8 titles/r
 
     . .venv/bin/activate && export HF_HUB_OFFLINE=1
     python bench/serve_load.py --model tiny=/path/to/ynat-tiny/checkpoint --model 6x384=/path/to/ynat-small/checkpoint \\
-        --input /work/shared/data/ynat/validation.jsonl
+        --input /path/to/klue-ynat/validation.jsonl
     # try batching settings (short cells, Serve only, first model), then pass the best to the full run:
     python bench/serve_load.py --model tiny=DIR --input ... --sweep 32:0.01 16:0.002 64:0.005 --duration 6
     python bench/serve_load.py --model tiny=DIR --model 6x384=DIR --input ... \\
         --batch_settings tiny=128:0.005 --batch_settings 6x384=32:0.005 --profile   # py-spy: where the replica's CPU goes
     python bench/serve_load.py --report bench/results/serve_load_<time>.json      # print a saved run again
 
-The machine is shared: before each cell the script waits until other people's processes are quiet, and a cell
-during which they used more than `--max_foreign_cores` is measured again (the column "other people's load").
+The machine is shared: before each cell the script waits for a low load average (`common.wait_quiet`), and a cell
+during which other people's processes used more than `--max_foreign_cores` is measured again (the column "other
+people's load").
 
 The titles are KLUE YNAT (Park et al., KLUE, 2021; CC BY-SA 4.0). Writes bench/results/serve_load_<time>.json.
 """
@@ -48,24 +49,19 @@ import os
 import re
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import common
 import httpx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from quiet import ForeignCpu, wait_quiet  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
 APP = "bench"  # Serve application name: the replica's process title is ray::ServeReplica:bench:YnatClassifier
 LABELS_PER_TITLE = 7
 # (model preset from the checkpoint's run spec, texts/request) -> (metric, ratio target, p99 limit ms or None)
@@ -96,24 +92,6 @@ class Cell:
     socket_errors: int
     settings: str = ""
     cpu_ms_per_request: dict[str, float] = field(default_factory=dict)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(url: str, path: str, timeout_s: float = 180) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + path, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url}{path} not ready after {timeout_s}s")
 
 
 def bodies(titles: list[str], texts_per_request: int) -> list[str]:
@@ -296,38 +274,44 @@ def measure(
     server: str, model: str, url: str, client: LoadClient, plan: list[tuple[int, int]], args: argparse.Namespace,
     pids: dict[str, list[int]], settings: str = "",
 ) -> list[Cell]:  # fmt: skip
-    cells = []
-    for texts, concurrency in plan:
-        for attempt in range(1, args.retries + 2):
-            waited = wait_quiet()
-            client.run(url, texts, concurrency, args.warmup)  # warm-up, not measured
-            meter, foreign = CpuMeter(pids), ForeignCpu()
-            meter.start()
-            foreign.start()
-            r = client.run(url, texts, concurrency, args.duration)
-            cpu = meter.stop(r["requests"], client.kind)
-            other = foreign.stop()
-            if other <= args.max_foreign_cores:
-                break
-            print(f"  {server} {texts} text(s)/req c{concurrency}: other processes used {other:.2f} cores (attempt {attempt}){'; measuring again' if attempt <= args.retries else '; keeping it, flagged'}", flush=True)
-        if r["non_2xx"] + r["socket_errors"] > 0.01 * max(r["requests"], 1):
-            raise RuntimeError(f"{server} {texts} text(s)/req c{concurrency}: {r['non_2xx']} non-2xx, {r['socket_errors']} socket errors of {r['requests']}")
-        cpu["other_processes_cores"] = round(other, 3)
-        cpu["waited_for_quiet_s"] = round(waited, 1)
-        good = r["requests"] - r["non_2xx"]
-        cell = Cell(
-            model=model, server=server, texts_per_request=texts, concurrency=concurrency, client=client.kind,
-            requests=r["requests"], seconds=round(r["seconds"], 2), req_per_s=round(r["req_per_s"], 1),
-            texts_per_s=round(good * texts / r["seconds"], 1), p50_ms=round(r["p50_ms"], 1), p99_ms=round(r["p99_ms"], 1),
-            non_2xx=r["non_2xx"], socket_errors=r["socket_errors"], settings=settings, cpu_ms_per_request=cpu,
-        )  # fmt: skip
-        print(
-            f"  {server:<13} {texts} text(s)/req c{concurrency:<3}: {cell.req_per_s:>7} req/s {cell.texts_per_s:>8} texts/s "
-            f"p50 {cell.p50_ms} ms p99 {cell.p99_ms} ms non-2xx {cell.non_2xx} sock-err {cell.socket_errors}  CPU ms/req {cpu}",
-            flush=True,
-        )
-        cells.append(cell)
-    return cells
+    """One cell per (texts per request, concurrency) of `plan`, each after a warm-up on a quiet machine."""
+    return [measure_cell(server, model, url, client, texts, concurrency, args, pids, settings) for texts, concurrency in plan]
+
+
+def load_with_cpu(client: LoadClient, url: str, texts: int, concurrency: int, duration: float, pids: dict[str, list[int]]) -> tuple[dict, dict]:
+    """One measured load run and the CPU each process group spent per request during it."""
+    meter = CpuMeter(pids)
+    meter.start()
+    r = client.run(url, texts, concurrency, duration)
+    return r, meter.stop(r["requests"], client.kind)
+
+
+def measure_cell(
+    server: str, model: str, url: str, client: LoadClient, texts: int, concurrency: int, args: argparse.Namespace,
+    pids: dict[str, list[int]], settings: str,
+) -> Cell:  # fmt: skip
+    what = f"{server} {texts} text(s)/req c{concurrency}"
+    (r, cpu), other, waited = common.undisturbed(
+        partial(load_with_cpu, client, url, texts, concurrency, args.duration, pids), what, args.max_foreign_cores, args.retries,
+        warmup=partial(client.run, url, texts, concurrency, args.warmup),
+    )  # fmt: skip
+    if r["non_2xx"] + r["socket_errors"] > 0.01 * max(r["requests"], 1):
+        raise RuntimeError(f"{what}: {r['non_2xx']} non-2xx, {r['socket_errors']} socket errors of {r['requests']}")
+    cpu["other_processes_cores"] = round(other, 3)
+    cpu["waited_for_quiet_s"] = round(waited, 1)
+    good = r["requests"] - r["non_2xx"]
+    cell = Cell(
+        model=model, server=server, texts_per_request=texts, concurrency=concurrency, client=client.kind,
+        requests=r["requests"], seconds=round(r["seconds"], 2), req_per_s=round(r["req_per_s"], 1),
+        texts_per_s=round(good * texts / r["seconds"], 1), p50_ms=round(r["p50_ms"], 1), p99_ms=round(r["p99_ms"], 1),
+        non_2xx=r["non_2xx"], socket_errors=r["socket_errors"], settings=settings, cpu_ms_per_request=cpu,
+    )  # fmt: skip
+    print(
+        f"  {server:<13} {texts} text(s)/req c{concurrency:<3}: {cell.req_per_s:>7} req/s {cell.texts_per_s:>8} texts/s "
+        f"p50 {cell.p50_ms} ms p99 {cell.p99_ms} ms non-2xx {cell.non_2xx} sock-err {cell.socket_errors}  CPU ms/req {cpu}",
+        flush=True,
+    )
+    return cell
 
 
 def check_answers(url: str, titles: list[str]) -> list[str]:
@@ -359,7 +343,7 @@ def profile_cell(pid: int, url: str, client: LoadClient, texts: int, concurrency
     if not os.path.exists(spy):
         return {"error": "py-spy not installed"}
     duration = max(2, round(seconds) - 2)
-    wait_quiet()
+    common.wait_quiet()
     cmd = [spy, "record", "-p", str(pid), "-d", str(duration), "-r", "200", "-t", "--nonblocking", "-f", "raw", "-o", out_path]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)
@@ -436,11 +420,11 @@ def baseline_server(checkpoint: str, port: int) -> None:
 
 
 def run_naive(checkpoint: str, model: str, client: LoadClient, plan: list[tuple[int, int]], args: argparse.Namespace) -> tuple[list[Cell], list[str]]:
-    port = free_port()
+    port = common.free_port()
     proc = subprocess.Popen([sys.executable, __file__, "--baseline-server", checkpoint, "--port", str(port)])
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, "/healthz")
+        common.wait_ready(f"{url}/healthz", proc=proc)
         top = check_answers(url, client.titles)
         print(f"  naive: correctness ok (200, {LABELS_PER_TITLE} labels per title)", flush=True)
         cells = measure("naive", model, url, client, plan, args, {"server": [proc.pid]})
@@ -457,9 +441,9 @@ def run_naive(checkpoint: str, model: str, client: LoadClient, plan: list[tuple[
 
 # ---- (a) the Serve app ----------------------------------------------------------------------------
 def serve_config(checkpoint: str, args: argparse.Namespace, port: int, ingress: str, max_batch_size: int, wait_s: float) -> Any:
-    from ynat_ray.config import YnatConfig
+    from ynat_ray.config import ServeConfig
 
-    return YnatConfig(
+    return ServeConfig.of(
         checkpoint=checkpoint, host="127.0.0.1", port=port, min_replicas=args.replicas, max_replicas=args.replicas, replica_cpus=args.replica_cpus,
         max_batch_size=max_batch_size, batch_wait_timeout_s=wait_s, http_ingress=ingress, backend=args.backend,
     )  # fmt: skip
@@ -477,11 +461,11 @@ def batch_settings(args: argparse.Namespace, model: str) -> tuple[int, float]:
 
 def start_serve(cfg: Any) -> tuple[str, dict[str, Any]]:
     """`deploy` (the product path) on a fresh Serve; returns (ingress, /info)."""
-    from ynat_ray.serving import deploy
+    from ynat_ray.serving.app import deploy
 
     ingress = deploy(cfg, name=APP, route_prefix="/", log=lambda line: print(line, flush=True))
-    url = f"http://127.0.0.1:{cfg.port}"
-    wait_ready(url, "/readyz")
+    url = f"http://127.0.0.1:{cfg.serve.port}"
+    common.wait_ready(f"{url}/readyz")
     return ingress, httpx.get(url + "/info", timeout=10).json()
 
 
@@ -491,12 +475,12 @@ def run_serve(
     from ray import serve
 
     size, wait = batch_settings(args, model)
-    cfg = serve_config(checkpoint, args, free_port(), ingress, size, wait)
+    cfg = serve_config(checkpoint, args, common.free_port(), ingress, size, wait)
     try:
         used, info = start_serve(cfg)
-        url = f"http://127.0.0.1:{cfg.port}"
+        url = f"http://127.0.0.1:{cfg.serve.port}"
         top = check_answers(url, client.titles)
-        settings = f"max_batch_size={cfg.max_batch_size}, batch_wait_timeout_s={cfg.batch_wait_timeout_s:g}"
+        settings = f"max_batch_size={cfg.limits.max_batch_size}, batch_wait_timeout_s={cfg.limits.batch_wait_timeout_s:g}"
         print(f"  serve ({used}): correctness ok; engine {info.get('backend')} ({info.get('backend_reason')}), {info.get('threads')} thread(s); {settings}", flush=True)
         server = f"serve-{used}" + (" (extra)" if extra else "")
         pids = CpuMeter.serve_processes()
@@ -515,12 +499,12 @@ def run_sweep(checkpoint: str, model: str, client: LoadClient, args: argparse.Na
     """Serve only: each --sweep setting MAX_BATCH:WAIT_S on the 1-title and N-title cells at --concurrency."""
     from ray import serve
 
-    from ynat_ray.serving import build_app
+    from ynat_ray.serving.app import build_app
 
     plan = [(n, c) for n in args.texts for c in args.concurrency]
     cells: list[Cell] = []
     first = True
-    port = free_port()
+    port = common.free_port()
     try:
         for spec in args.sweep:
             size, wait = spec.split(":")
@@ -530,7 +514,7 @@ def run_sweep(checkpoint: str, model: str, client: LoadClient, args: argparse.Na
                 first = False
             else:
                 serve.run(build_app(cfg), name=APP, route_prefix="/")
-                wait_ready(f"http://127.0.0.1:{port}", "/readyz")
+                common.wait_ready(f"http://127.0.0.1:{port}/readyz")
             settings = f"max_batch_size={size}, batch_wait_timeout_s={wait}"
             print(f"== sweep {model} ({used}): {settings}", flush=True)
             cells += measure(f"serve-{used}", model, f"http://127.0.0.1:{port}", client, plan, args, CpuMeter.serve_processes(), settings)
@@ -586,13 +570,9 @@ def goals(cells: list[Cell], presets: dict[str, str], concurrency: int) -> list[
     return out
 
 
-def main() -> None:
+def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--model", action="append", metavar="NAME=DIR",
-        help="A trained checkpoint, as NAME=DIR (repeat: e.g. tiny=... 6x384=...). Its run spec names the preset the targets use.",
-    )  # fmt: skip
-    parser.add_argument("--input", help="Real YNAT rows (jsonl/json/csv/parquet) whose titles become the request bodies.")
+    common.add_model_args(parser)
     parser.add_argument("--texts", type=int, nargs="+", default=[1, 8], help="Titles per request for the load cells.")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16], help="Open connections (wrk -c) for the load cells.")
     parser.add_argument(
@@ -607,8 +587,8 @@ def main() -> None:
         "--replicas", type=int, default=1,
         help="Serve replicas (min = max, autoscaling pinned). Each is one Python process; e.g. 2 x --replica_cpus 1 on 2 cores.",
     )  # fmt: skip
-    parser.add_argument("--max_batch_size", type=int, default=None, help="@serve.batch max_batch_size (default: YnatConfig's).")
-    parser.add_argument("--batch_wait_timeout_s", type=float, default=None, help="@serve.batch batch_wait_timeout_s (default: YnatConfig's).")
+    parser.add_argument("--max_batch_size", type=int, default=None, help="@serve.batch max_batch_size (default: the product's).")
+    parser.add_argument("--batch_wait_timeout_s", type=float, default=None, help="@serve.batch batch_wait_timeout_s (default: the product's).")
     parser.add_argument(
         "--batch_settings", action="append", default=[], metavar="NAME=MAX_BATCH:WAIT_S",
         help="Per-model @serve.batch settings (e.g. tiny=128:0.005), overriding --max_batch_size/--batch_wait_timeout_s for that model.",
@@ -622,21 +602,44 @@ def main() -> None:
         "--profile", action="store_true",
         help="After each server's cells, one extra 1-title cell (not in the table) with py-spy on the naive server / the Serve replica.",
     )  # fmt: skip
-    parser.add_argument(
-        "--max_foreign_cores", type=float, default=0.25,
-        help="A cell during which other people's processes used more cores than this is measured again (shared machine).",
-    )  # fmt: skip
-    parser.add_argument("--retries", type=int, default=3, help="How many times a noisy cell is measured again (the last try is kept).")
+    common.add_quiet_args(parser, retries=3)
     parser.add_argument(
         "--parts", nargs="+", choices=["naive", "serve", "proxy"], default=["naive", "serve", "proxy"],
         help="Which servers to measure: the naive one, the Serve app behind HAProxy, and the extra Serve-proxy cell.",
     )  # fmt: skip
     parser.add_argument("--report", default=None, metavar="JSON", help="Print the table and goals of a saved result file; measure nothing.")
     parser.add_argument("--num_cpus", type=int, default=None, help="Logical CPUs of the local Ray cluster (default: this machine's).")
-    parser.add_argument("--out", default=str(HERE / "results"), help="Directory for the JSON results.")
+    common.add_out_arg(parser)
     parser.add_argument("--baseline-server", dest="baseline_server", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser, parser.parse_args()
+
+
+def compare(models: dict[str, str], presets: dict[str, str], client: LoadClient, args: argparse.Namespace, meta: dict[str, Any]) -> list[Cell]:
+    """Per model: the naive server's cells, the Serve app's (HAProxy) cells, and for the first model the proxy cell."""
+    cells: list[Cell] = []
+    plan = [(n, c) for n in args.texts for c in args.concurrency] + [(1, c) for c in args.latency_concurrency]
+    for i, (name, checkpoint) in enumerate(models.items()):
+        print(f"== {name} ({presets[name]}): {checkpoint}", flush=True)
+        naive_top = serve_top = None
+        if "naive" in args.parts:
+            naive_cells, naive_top = run_naive(checkpoint, name, client, plan, args)
+            cells += naive_cells
+        if "serve" in args.parts:
+            serve_cells, serve_top, meta[name] = run_serve(checkpoint, name, client, plan, args, "haproxy")
+            cells += serve_cells
+        if naive_top and serve_top:
+            agree = float(np.mean([a == b for a, b in zip(naive_top, serve_top)]))
+            meta[name]["top_label_agreement_with_naive"] = agree
+            print(f"  top labels, serve vs naive (pipeline, torch fp32), {len(naive_top)} titles: {agree:.2%} agree", flush=True)
+        if i == 0 and "proxy" in args.parts:
+            proxy_cells, _, meta[f"{name}/proxy"] = run_serve(checkpoint, name, client, [(1, args.concurrency[0])], args, "proxy", extra=True)
+            cells += proxy_cells
+    return cells
+
+
+def main() -> None:
+    parser, args = parse_args()
     if args.baseline_server:
         baseline_server(args.baseline_server, args.port)
         return
@@ -648,16 +651,14 @@ def main() -> None:
 
     import ray
 
-    from ynat_ray.checkpoint import read_run_spec
-    from ynat_ray.config import YnatConfig
-    from ynat_ray.data import read_rows
+    from ynat_ray.config import LimitArgs
 
-    defaults = YnatConfig()
+    defaults = LimitArgs()
     args.max_batch_size = args.max_batch_size or defaults.max_batch_size
     args.batch_wait_timeout_s = defaults.batch_wait_timeout_s if args.batch_wait_timeout_s is None else args.batch_wait_timeout_s
-    models = dict(spec.split("=", 1) for spec in args.model)
-    presets = {name: getattr(read_run_spec(path), "model", "") or "" for name, path in models.items()}
-    titles = read_rows(args.input, YnatConfig(on_bad_rows="skip"), require_label=False)["title"].tolist()
+    models = common.parse_models(args.model)
+    presets = {name: common.preset_of(path) for name, path in models.items()}
+    titles = common.read_ynat(args.input)["title"].tolist()
     kind = args.client if args.client != "auto" else ("wrk" if shutil.which("wrk") else "httpx")
     if kind == "wrk" and not shutil.which("wrk"):
         parser.error("--client wrk: wrk is not installed (apt-get install -y wrk)")
@@ -676,23 +677,7 @@ def main() -> None:
                 name = next(iter(models))
                 cells += run_sweep(models[name], name, client, args)
             else:
-                for i, (name, checkpoint) in enumerate(models.items()):
-                    print(f"== {name} ({presets[name]}): {checkpoint}", flush=True)
-                    plan = [(n, c) for n in args.texts for c in args.concurrency] + [(1, c) for c in args.latency_concurrency]
-                    naive_top = serve_top = None
-                    if "naive" in args.parts:
-                        naive_cells, naive_top = run_naive(checkpoint, name, client, plan, args)
-                        cells += naive_cells
-                    if "serve" in args.parts:
-                        serve_cells, serve_top, meta[name] = run_serve(checkpoint, name, client, plan, args, "haproxy")
-                        cells += serve_cells
-                    if naive_top and serve_top:
-                        agree = float(np.mean([a == b for a, b in zip(naive_top, serve_top)]))
-                        meta[name]["top_label_agreement_with_naive"] = agree
-                        print(f"  top labels, serve vs naive (pipeline, torch fp32), {len(naive_top)} titles: {agree:.2%} agree", flush=True)
-                    if i == 0 and "proxy" in args.parts:
-                        proxy_cells, _, meta[f"{name}/proxy"] = run_serve(checkpoint, name, client, [(1, args.concurrency[0])], args, "proxy", extra=True)
-                        cells += proxy_cells
+                cells += compare(models, presets, client, args, meta)
         complete = True
     finally:
         ray.shutdown()
@@ -702,10 +687,8 @@ def main() -> None:
         }  # fmt: skip
         if cells:
             report(results)
-            os.makedirs(args.out, exist_ok=True)
-            out = Path(args.out) / f"serve_load_{'sweep_' if args.sweep else ''}{int(started)}{'' if complete else '_partial'}.json"
-            out.write_text(json.dumps(results, indent=1, ensure_ascii=False, default=str))
-            print(f"wrote {out}")
+            name = "serve_load_sweep" if args.sweep else "serve_load"
+            common.write_results(name, results, args.out, started=started, suffix="" if complete else "_partial")
 
 
 def report(results: dict[str, Any]) -> None:

@@ -7,20 +7,20 @@
              pandas on the driver (same reader, same hash split), the tokenizer learns from all train
              titles, and `ray.data.from_pandas` ships the frame to the object store.
 
-Each variant runs `run_training` (tiny preset, 1 epoch) in its own subprocess with its own local Ray, so
+Each variant runs `run_training` (the default model, 1 epoch) in its own subprocess with its own local Ray, so
 driver peaks never mix: ru_maxrss of the driver process before `fit()` (data preparation), through `fit()`,
 and at the end (finish_run's ONNX export and scoring included); plus the loop's own samples/s (rank 0,
 first step excluded) and wall times.
 
-Data: the real titles of /work/shared/data/ynat/partial_train.jsonl (44,931 KLUE YNAT train rows) repeated
+Data: the real titles of --input (e.g. 44,931 KLUE YNAT train rows as jsonl, one record a line) repeated
 to --rows, guid suffixed '#<copy>' so every row is its own, spread over --files jsonl files in a temp dir.
 KLUE YNAT: Park et al., "KLUE: Korean Language Understanding Evaluation", NeurIPS 2021 Datasets and
 Benchmarks, https://github.com/KLUE-benchmark/KLUE -- licensed CC BY-SA 4.0; the generated files are
 derived data under the same license and are deleted after the run.
 
-    python bench/train_streaming.py                                  # 1,000,000 rows, 20 files, both variants
-    python bench/train_streaming.py --max-train-samples 200000       # same 1M-row corpus read, a shorter epoch
-    python bench/train_streaming.py --rows 200000 --variants stream  # a quicker look
+    python bench/train_streaming.py --input YNAT.jsonl                                  # 1,000,000 rows, 20 files, both variants
+    python bench/train_streaming.py --input YNAT.jsonl --max-train-samples 200000       # same 1M-row corpus read, a shorter epoch
+    python bench/train_streaming.py --input YNAT.jsonl --rows 200000 --variants stream  # a quicker look
 """
 
 from __future__ import annotations
@@ -37,13 +37,12 @@ import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SOURCE = Path("/work/shared/data/ynat/partial_train.jsonl")
+import common
 
 
-def build_corpus(out: Path, rows: int, files: int) -> int:
-    """Write `rows` rows (the real titles, cycled) over `files` jsonl files; return the rows written."""
-    base = [json.loads(line) for line in SOURCE.read_text(encoding="utf-8").splitlines() if line.strip()]
+def build_corpus(source: str, out: Path, rows: int, files: int) -> int:
+    """Write `rows` rows (the real records of `source`, cycled) over `files` jsonl files; return the rows written."""
+    base = [json.loads(line) for line in Path(source).read_text(encoding="utf-8").splitlines() if line.strip()]
     out.mkdir(parents=True, exist_ok=True)
     per_file = -(-rows // files)
     written = 0
@@ -65,14 +64,12 @@ def peak_mib() -> float:
 def child(args: argparse.Namespace) -> None:
     """Run one variant in this process and print one JSON line with its measurements."""
     import psutil
-
-    sys.path.insert(0, str(REPO))
     import ray.train.torch
 
-    import ynat_ray.data
+    import ynat_ray.data.sources
     import ynat_ray.train
     from ynat_ray.cluster import init_ray
-    from ynat_ray.config import YnatConfig
+    from ynat_ray.config import TrainConfig
 
     marks: dict[str, float] = {}
     current = psutil.Process()
@@ -88,12 +85,12 @@ def child(args: argparse.Namespace) -> None:
     marks["after_ray_init_mib"] = peak_mib()
 
     if args.variant == "in-memory":
-        original = ynat_ray.data.load_splits
+        original = ynat_ray.data.sources.load_splits
 
-        def in_memory(cfg: YnatConfig, **_: object) -> object:
-            return original(cfg)  # stream=False: every row into pandas on the driver, as before streaming
+        def in_memory(data: object, **_: object) -> object:
+            return original(data)  # stream=False: every row into pandas on the driver, as before streaming
 
-        ynat_ray.data.load_splits = in_memory
+        ynat_ray.data.sources.load_splits = in_memory  # train.py imports it from there when a run starts
 
     base_trainer = ray.train.torch.TorchTrainer
     times: dict[str, float] = {}
@@ -110,7 +107,7 @@ def child(args: argparse.Namespace) -> None:
                 marks["through_fit_mib"] = peak_mib()
 
     ray.train.torch.TorchTrainer = MarkedTrainer
-    cfg = YnatConfig(
+    cfg = TrainConfig.of(
         data=args.data,
         epochs=1,
         num_workers=args.num_workers,
@@ -145,6 +142,7 @@ def child(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", help="Real YNAT rows, one JSON record a line (guid, title, label), cycled to --rows.")
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--files", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=256, help="per-worker batch (large: fewer optimizer steps per epoch)")
@@ -166,11 +164,13 @@ def main() -> None:
     if args.variant:
         child(args)
         return
+    if not args.input:
+        parser.error("--input is required")
 
     work = Path(tempfile.mkdtemp(prefix="ynat-stream-bench-"))
     try:
         started = time.perf_counter()
-        rows = build_corpus(work / "data", args.rows, args.files)
+        rows = build_corpus(args.input, work / "data", args.rows, args.files)
         size = sum(p.stat().st_size for p in (work / "data").iterdir()) / 2**20
         print(f"corpus: {rows:,} rows in {args.files} files, {size:.0f} MiB, built in {time.perf_counter() - started:.0f} s", flush=True)
         env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # each variant starts its own local Ray
@@ -183,7 +183,7 @@ def main() -> None:
                 *(["--max-train-samples", str(args.max_train_samples)] if args.max_train_samples else []),
             ]  # fmt: skip
             print(f"running {variant} ...", flush=True)
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, cwd=REPO)
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, cwd=common.REPO)
             found = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
             if done.returncode != 0 or not found:
                 print(done.stdout[-4000:], done.stderr[-4000:], sep="\n")
@@ -197,7 +197,7 @@ def main() -> None:
 
 def report(results: list[dict], args: argparse.Namespace, rows: int) -> None:
     epoch = f"{args.max_train_samples:,} hash-picked train rows" if args.max_train_samples else "every train row"
-    print(f"\n{rows:,} rows / {args.files} jsonl files read; 1 epoch on {epoch}; tiny preset, {args.num_workers} worker(s) x batch "
+    print(f"\n{rows:,} rows / {args.files} jsonl files read; 1 epoch on {epoch}; default model, {args.num_workers} worker(s) x batch "
           f"{args.batch_size}, materialize={args.materialize}; driver = the `run_training` process (peaks: ru_maxrss)\n")  # fmt: skip
     print("| variant | driver peak RSS before fit (MiB) | through fit | whole run | train samples/s | epoch s | data prep s | wall s |")
     print("|---|---|---|---|---|---|---|---|")
@@ -206,10 +206,7 @@ def report(results: list[dict], args: argparse.Namespace, rows: int) -> None:
             f"| {r['variant']} | {r['before_fit_mib']:.0f} | {r['through_fit_mib']:.0f} | {r['peak_rss_mib']:.0f} | "
             f"{r['train_samples_per_s']:.0f} | {r['epoch_time_s']:.0f} | {r['data_prep_s']:.0f} | {r['wall_s']:.0f} |"
         )
-    out = REPO / "bench" / "results" / f"train_streaming_{int(time.time())}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"rows": rows, "files": args.files, "args": vars(args), "results": results}, indent=2), encoding="utf-8")
-    print(f"\nsaved {out}")
+    common.write_results("train_streaming", {"rows": rows, "files": args.files, "args": vars(args), "results": results})
 
 
 if __name__ == "__main__":

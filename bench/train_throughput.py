@@ -5,8 +5,8 @@
   (c) the notebook's recipe: HF Trainer on rows padded to the model's max length (padding="max_length")
 
 for the tiny preset and a 6-layer x 384 config, in fp32 and bf16 autocast. Then the wall time of the
-default job (`ynat-ray train`, no arguments) to its final macro-F1, next to a char n-gram TF-IDF +
-logistic regression baseline trained and scored on the same rows.
+default job (`ynat-ray train`, no arguments) to its final macro-F1, next to the char n-gram TF-IDF +
+logistic regression yardstick (bench/tfidf_baseline.py) trained and scored on the same rows.
 
 Ratios are against (b), measured in the same process, because this machine's absolute speed is noisy.
 
@@ -18,22 +18,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
-from pathlib import Path
 
+import common
 import pandas as pd
 import torch
+from tfidf_baseline import yardstick
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from ynat_ray.config import YnatConfig  # noqa: E402
-from ynat_ray.data import embedded_split, read_rows  # noqa: E402
-from ynat_ray.features import pad_token_ids  # noqa: E402
-from ynat_ray.modeling import build_model, default_learning_rate, load_tokenizer  # noqa: E402
-from ynat_ray.precision import autocast  # noqa: E402
-from ynat_ray.train import param_groups  # noqa: E402
+from ynat_ray.config import ModelArgs, TrainConfig
+from ynat_ray.data.sources import embedded_split
+from ynat_ray.features import pad_token_ids
+from ynat_ray.modeling import build_model, default_learning_rate, load_tokenizer
+from ynat_ray.precision import autocast
+from ynat_ray.train import param_groups
 
 THREADS = 2
 BATCH = 32
@@ -98,7 +96,7 @@ def ray_one_worker(model_name: str, rows: pd.DataFrame, precision: str, storage:
         train_path, valid_path = os.path.join(tmp, "train.parquet"), os.path.join(tmp, "valid.parquet")
         rows.to_parquet(train_path)
         rows.head(64).to_parquet(valid_path)
-        cfg = YnatConfig(
+        cfg = TrainConfig.of(
             data=train_path, validation_data=valid_path, model=model_name, epochs=1, num_workers=1, batch_size=BATCH,
             precision=precision, storage_path=storage, log_every=0, max_length=MAX_LEN,
         )  # fmt: skip
@@ -106,24 +104,19 @@ def ray_one_worker(model_name: str, rows: pd.DataFrame, precision: str, storage:
     return outcome.history[-1]["train_samples_per_s"]
 
 
-def tfidf_baseline(train: pd.DataFrame, test: pd.DataFrame) -> tuple[float, float, float]:
-    """Char n-gram TF-IDF + logistic regression: (seconds to fit and score, accuracy, macro-F1)."""
-    from sklearn.linear_model import LogisticRegression
-    from tfidf_baseline import tfidf_vectorizer
-
+def yardstick_scores(train: pd.DataFrame, test: pd.DataFrame) -> tuple[float, float, float]:
+    """The yardstick (bench/tfidf_baseline.py): (seconds to fit and score, accuracy, macro-F1)."""
     from ynat_ray.metrics import classification_metrics
 
     start = time.perf_counter()
-    vec = tfidf_vectorizer()
-    clf = LogisticRegression(max_iter=2000, C=5.0).fit(vec.fit_transform(train["title"]), train["label"])
-    pred = clf.predict(vec.transform(test["title"]))
+    pred = yardstick().fit(train["title"], train["label"]).predict(test["title"])
     scores = classification_metrics(test["label"].tolist(), pred.tolist())
     return time.perf_counter() - start, scores["accuracy"], scores["macro_f1"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="embedded", help="'embedded' or a YNAT file (e.g. ../shared/data/ynat/partial_train.jsonl)")
+    parser.add_argument("--data", default="embedded", help="'embedded' or a YNAT file (e.g. KLUE YNAT's train split as jsonl)")
     parser.add_argument("--rows", type=int, default=2048, help="Training rows per throughput measurement.")
     parser.add_argument("--models", nargs="*", default=["ynat-tiny", "ynat-small"], help="Presets to measure.")
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], help="fp32 and/or bf16 autocast.")
@@ -135,7 +128,7 @@ def main() -> None:
     ray.init(num_cpus=THREADS, log_to_driver=False, include_dashboard=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     storage = tempfile.mkdtemp(prefix="ynat-bench-")
-    source = embedded_split("train") if args.data == "embedded" else read_rows(args.data, YnatConfig())
+    source = embedded_split("train") if args.data == "embedded" else common.read_ynat(args.data, strict=True)
     rows = source.sample(n=min(args.rows, len(source)), random_state=0).reset_index(drop=True)
     print(f"{len(rows)} real YNAT rows, batch {BATCH}, {THREADS} threads, max_length {MAX_LEN}; CPU bf16 native: ", end="")
     from ynat_ray.cpu import has_native_bf16
@@ -172,15 +165,15 @@ def main() -> None:
         from ynat_ray.train import run_training
 
         start = time.perf_counter()
-        outcome = run_training(YnatConfig(storage_path=storage, log_every=0))
+        outcome = run_training(TrainConfig.of(storage_path=storage, log_every=0))
         wall = time.perf_counter() - start
         train, test = embedded_split("train"), embedded_split("test")
-        tf_s, tf_acc, tf_f1 = tfidf_baseline(train, test)
+        tf_s, tf_acc, tf_f1 = yardstick_scores(train, test)
         final = outcome.final_metrics
         print("\n| on the embedded 10k train / 1k test rows | wall time | test accuracy | test macro-F1 |")
         print("|---|---|---|---|")
         print(
-            f"| `ynat-ray train` (defaults: {YnatConfig().model}, 2 workers, {len(outcome.history)} epochs) | {wall:.0f} s "
+            f"| `ynat-ray train` (defaults: {ModelArgs().model}, 2 workers, {len(outcome.history)} epochs) | {wall:.0f} s "
             f"| {final['accuracy']:.3f} | {final['macro_f1']:.3f} |"
         )
         print(f"| char n-gram TF-IDF + logistic regression | {tf_s:.1f} s | {tf_acc:.3f} | {tf_f1:.3f} |")

@@ -1,6 +1,6 @@
 """Entry point for `ray job submit --working-dir . -- python jobs/train.py [options]`.
 
-Same options as `ynat-ray train` (one YnatConfig); the work lives in ynat_ray.train. The repo root goes
+Same options as `ynat-ray train`; the work lives in ynat_ray.train. The repo root goes
 on sys.path so the job runs from an uploaded working dir on a cluster where ynat-ray isn't installed.
 """
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ynat_ray.cli import cmd_train  # noqa: E402
+from ynat_ray.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    cmd_train(sys.argv[1:])
+    main(["train", *sys.argv[1:]])  # user mistakes: one line in the job's log, exit 2

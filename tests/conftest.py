@@ -106,10 +106,10 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def trained(ray_session: Cluster, storage: str):
     """One real 2-worker TorchTrainer fit on a small slice of the embedded data, shared by later tests."""
-    from ynat_ray.config import YnatConfig
+    from ynat_ray.config import TrainConfig
     from ynat_ray.train import run_training
 
-    cfg = YnatConfig(
+    cfg = TrainConfig.of(
         max_length=TRAINED_MAX_LENGTH,  # not the default: every inference path must read it back from the checkpoint
         max_train_samples=2000,
         max_eval_samples=300,

@@ -18,8 +18,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ynat_ray.config import YnatConfig
-from ynat_ray.data import DataValidationError, embedded_split
+from ynat_ray.config import BatchConfig
+from ynat_ray.data.sources import embedded_split
+from ynat_ray.data.validation import DataValidationError
 from ynat_ray.labels import LABELS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,7 +81,9 @@ def test_every_row_scored_in_input_order_like_pipeline(ray_session, checkpoint_d
 
     output = str(tmp_path / "preds")
     # backend onnx (fp32): equal to pipeline() to 1e-4; auto's int8 pick is checked against the engine below.
-    cfg = YnatConfig(checkpoint=checkpoint_dir, input=str(inputs.dir), output=output, all_scores=True, eval_batch_size=16, backend="onnx")
+    cfg = BatchConfig.of(
+        checkpoint=checkpoint_dir, input=str(inputs.dir), output=output, all_scores=True, eval_batch_size=16, backend="onnx"
+    )
     summary = run_batch_prediction(cfg)
     out = _read_predictions(output, "parquet")
     want = inputs.expected
@@ -129,18 +132,18 @@ def test_long_titles_are_cut_at_the_trained_length_with_the_default_engine(ray_s
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "long.jsonl").write_text("".join(json.dumps({"title": t}, ensure_ascii=False) + "\n" for t in long_titles), "utf-8")
     base = {"checkpoint": checkpoint_dir, "input": str(tmp_path / "in")}
-    auto = _run_and_read(run_batch_prediction, YnatConfig(**base, output=str(tmp_path / "auto")))
+    auto = _run_and_read(run_batch_prediction, BatchConfig.of(**base, output=str(tmp_path / "auto")))
     engine = TextClassifier(checkpoint_dir)
     assert auto["label"].tolist() == [p["label"] for p in engine(long_titles)]
 
-    fp32 = _run_and_read(run_batch_prediction, YnatConfig(**base, output=str(tmp_path / "fp32"), backend="onnx"))
+    fp32 = _run_and_read(run_batch_prediction, BatchConfig.of(**base, output=str(tmp_path / "fp32"), backend="onnx"))
     piped = pipeline("text-classification", model=checkpoint_dir, device="cpu", truncation=True)(long_titles)
     np.testing.assert_allclose(fp32["score"], [p["score"] for p in piped], atol=1e-4)
 
 
-def _run_and_read(run: object, cfg: YnatConfig) -> pd.DataFrame:
+def _run_and_read(run: object, cfg: BatchConfig) -> pd.DataFrame:
     run(cfg)  # type: ignore[operator]
-    return _read_predictions(cfg.output, cfg.output_format)
+    return _read_predictions(cfg.batch.output, cfg.batch.output_format)
 
 
 def test_malformed_row_errors_or_is_quarantined(ray_session, checkpoint_dir, tmp_path):
@@ -150,13 +153,13 @@ def test_malformed_row_errors_or_is_quarantined(ray_session, checkpoint_dir, tmp
     base = {"checkpoint": checkpoint_dir, "input": str(bad.dir), "eval_batch_size": 32}
 
     with pytest.raises(DataValidationError) as err:
-        run_batch_prediction(YnatConfig(**base, output=str(tmp_path / "strict")))
+        run_batch_prediction(BatchConfig.of(**base, output=str(tmp_path / "strict")))
     assert (Path(err.value.source).name, err.value.row, err.value.field) == ("a.jsonl", 10, "title")
     assert "a.jsonl: row 10: field 'title': empty" in str(err.value)
     assert not (tmp_path / "strict").exists(), "a failed run must not leave partial predictions behind"
 
     output = str(tmp_path / "lenient")
-    summary = run_batch_prediction(YnatConfig(**base, output=output, output_format="jsonl", on_bad_rows="skip"))
+    summary = run_batch_prediction(BatchConfig.of(**base, output=output, output_format="jsonl", on_bad_rows="skip"))
     assert (summary["input_rows"], summary["quarantined"], summary["rows"]) == (80, 2, 78)
     quarantined = [json.loads(line) for line in Path(summary["quarantine_path"]).read_text(encoding="utf-8").splitlines()]
     assert [(Path(q["source"]).name, q["row"], q["field"]) for q in quarantined] == [("a.jsonl", 10, "title"), ("a.jsonl", 21, "label")]
@@ -175,24 +178,26 @@ def test_existing_output_needs_overwrite_and_only_predictions_get_overwritten(ra
 
     (tmp_path / "preds").mkdir()
     (tmp_path / "preds" / "old.parquet").write_bytes(b"x")
-    cfg = YnatConfig(checkpoint="unused", input=str(inputs.dir), output=str(tmp_path / "preds"))
+    cfg = BatchConfig.of(checkpoint="unused", input=str(inputs.dir), output=str(tmp_path / "preds"))
     with pytest.raises(FileExistsError, match="--overwrite"):
         run_batch_prediction(cfg)
     (tmp_path / "preds" / "notes.txt").write_text("mine")
-    cfg.overwrite = True
+    cfg.batch.overwrite = True
     with pytest.raises(FileExistsError, match="not predictions"):
         run_batch_prediction(cfg)
     assert (tmp_path / "preds" / "notes.txt").exists()
 
 
-def test_cpu_plan_leaves_room_for_read_and_write_tasks(ray_cluster):
-    from ynat_ray.batch import check_cpu_budget
+def test_cpu_plan_leaves_room_for_read_and_write_tasks() -> None:
+    from ynat_ray.resources import PlacementError, check_actor_budget
 
-    check_cpu_budget(YnatConfig(num_actors=1, actor_cpus=1), cluster_cpus=2)
-    check_cpu_budget(YnatConfig(num_actors=2, actor_cpus=0.75), cluster_cpus=2)
-    with pytest.raises(ValueError, match="lower --num_actors or --actor_cpus"):
-        check_cpu_budget(YnatConfig(num_actors=2, actor_cpus=1), cluster_cpus=2)
-    check_cpu_budget(YnatConfig(num_actors=4, actor_cpus=1, actor_gpus=1), cluster_cpus=2)  # GPU nodes autoscale in
+    check_actor_budget(1, 1, 0, cluster_cpus=2)
+    check_actor_budget(2, 0.75, 0, cluster_cpus=2)
+    with pytest.raises(PlacementError, match="lower --num_actors or --actor_cpus"):
+        check_actor_budget(2, 1, 0, cluster_cpus=2)
+    with pytest.raises(PlacementError, match="fits no node"):
+        check_actor_budget(1, 1.5, 0, cluster_cpus=3, node_cpus=[1, 1, 1])
+    check_actor_budget(4, 1, 1, cluster_cpus=2)  # GPU nodes autoscale in
 
 
 @pytest.mark.slow

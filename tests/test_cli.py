@@ -66,12 +66,12 @@ def test_bad_checkpoint_path_says_it_does_not_exist(files: dict[str, Path]) -> N
 
 def test_bad_config_files(files: dict[str, Path]) -> None:
     assert "is not valid YAML" in one_line_error(run_cli("train", "--config", str(files["bad_yaml"])))
-    assert "unknown config keys: epoch_count" in one_line_error(run_cli("train", "--config", str(files["unknown_key"])))
+    assert "unknown option(s) epoch_count" in one_line_error(run_cli("train", "--config", str(files["unknown_key"])))
     assert "config file /nope.yaml does not exist" in one_line_error(run_cli("train", "--config", "/nope.yaml"))
 
 
 def test_unknown_option_and_bad_values() -> None:
-    assert "unknown option(s): --epochz" in one_line_error(run_cli("train", "--epochz", "3"))
+    assert "unknown option --epochz (see `ynat-ray train --help`)" in one_line_error(run_cli("train", "--epochz", "3"))
     assert "argument --epochs: invalid int value: 'many'" in one_line_error(run_cli("train", "--epochs", "many"))
     assert "unknown command 'trian'" in run_cli("trian").stderr.decode()
     assert run_cli("trian").returncode == 2
@@ -119,3 +119,46 @@ def test_serve_on_a_busy_port_names_the_process_holding_it(tmp_path: Path) -> No
         line = one_line_error(done)
         assert f"port {port} on 127.0.0.1 is in use by" in line and f"pid {os.getpid()}" in line and "--port" in line, line
         holder.getsockname()  # still open: nothing was killed
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["predict", "--checkpoint", "x", "--epochs", "9", "코스피"],
+            "--epochs is an option of `ynat-ray train` / `ynat-ray tune`, not of `ynat-ray predict`",
+        ),
+        (["train", "--port", "1"], "--port is an option of `ynat-ray serve`, not of `ynat-ray train`"),
+        (
+            ["serve", "--checkpoint", "x", "--num_actors=2"],
+            "--num_actors is an option of `ynat-ray predict-batch`, not of `ynat-ray serve`",
+        ),
+        (["predict-batch", "--max-batch-size", "8"], "--max_batch_size is an option of `ynat-ray serve`, not of `ynat-ray predict-batch`"),
+    ],
+)
+def test_another_commands_option_is_refused_naming_that_command(argv: list[str], message: str) -> None:
+    assert one_line_error(run_cli(*argv)) == f"ynat-ray: error: {message}"
+
+
+def test_help_shows_only_the_commands_groups() -> None:
+    done = run_cli("serve", "--help")
+    assert done.returncode == 0
+    text = done.stdout.decode()
+    for group in ("engine:", "replica limits (live-updatable):", "serve:"):
+        assert f"\n{group}\n" in text, text
+    assert "--port" in text and "--epochs" not in text and "--num_actors" not in text and "--text_column" not in text
+
+
+def test_a_training_config_also_configures_serve(files: dict[str, Path]) -> None:
+    """One YAML may hold options of several commands: `serve` takes its own keys and leaves the training ones."""
+    both = files["root"] / "both.yaml"
+    both.write_text("epochs: 2\nlearning_rate: 0.001\nnum_actors: 2\nmin_replicas: 3\nmax_replicas: 2\n", encoding="utf-8")
+    line = one_line_error(run_cli("serve", "--config", str(both), "--checkpoint", "/nope/ckpt"))
+    assert line == "ynat-ray: error: need 1 <= min_replicas (3) <= max_replicas (2)", line  # its keys read, the others left
+
+
+def test_a_bug_is_not_reported_as_a_user_error() -> None:
+    """A plain ValueError from deep inside a library is a bug: the CLI must show its traceback, not one line."""
+    from ynat_ray.cli import user_error_types
+
+    assert not issubclass(ValueError, user_error_types()) and ValueError not in user_error_types()

@@ -3,7 +3,7 @@
 `ray up` and `kubectl apply` need a cloud account, so these tests check what can be checked offline:
 cluster.yaml against Ray's own launcher schema and config preparation, the KubeRay fields a RayJob and a
 RayService need, that every entrypoint / import path names a real file and attribute, that Serve `args`
-are YnatConfig fields, and which files `.rayignore` keeps out of a job's upload. No Ray cluster needed.
+are options of the script's command, and which files `.rayignore` keeps out of a job's upload. No Ray cluster needed.
 """
 
 from __future__ import annotations
@@ -21,7 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from ynat_ray.config import YnatConfig
+from ynat_ray.config import BatchConfig, CommandConfig, ServeConfig, TrainConfig, TuneConfig
+
+JOB_COMMANDS: dict[str, type[CommandConfig]] = {"jobs/train.py": TrainConfig, "jobs/tune.py": TuneConfig, "jobs/predict.py": BatchConfig}
 
 REPO = Path(__file__).resolve().parents[1]
 # Not `import ray` at module level: importing Ray before conftest's cluster fixture sets RAY_AUTH_MODE=token
@@ -52,10 +54,10 @@ def check_pins(packages: list[str]) -> None:
 
 
 def check_entrypoint(command: str) -> list[str]:
-    """`python <script> --flag value ...`: the script exists and every flag is a YnatConfig option."""
+    """`python <script> --flag value ...`: the script exists and every flag is an option of its command."""
     argv = shlex.split(command)
     assert argv[0] == "python" and (REPO / argv[1]).is_file(), f"entrypoint {argv[1]} is not a file in this repository"
-    fields = set(YnatConfig.__dataclass_fields__)
+    fields = set(JOB_COMMANDS[argv[1]].options())
     flags = [a[2:] for a in argv[2:] if a.startswith("--")]
     assert flags and set(flags) <= fields, f"unknown options: {set(flags) - fields}"
     return argv
@@ -162,9 +164,9 @@ def test_rayservice_serves_the_serve_app_on_gpus():
     assert app["import_path"] == "serve.app:app_builder"
     check_import_path(app["import_path"])
     check_import_path("serve.app:app")  # the YNAT_CHECKPOINT variant documented beside it
-    cfg = YnatConfig.from_dict(app["args"])  # the same config object: args are YnatConfig fields
-    assert cfg.checkpoint.startswith("s3://") and cfg.replica_gpus >= 1
-    assert cfg.max_ongoing_requests >= cfg.max_batch_size
+    cfg = ServeConfig.of(**app["args"])  # args are `ynat-ray serve` options
+    assert (cfg.engine.checkpoint or "").startswith("s3://") and cfg.serve.replica_gpus >= 1
+    assert cfg.serve.max_ongoing_requests >= cfg.limits.max_batch_size
     check_pins(app["runtime_env"]["pip"])
     check_ray_cluster_spec(service["spec"]["rayClusterConfig"])
 

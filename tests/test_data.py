@@ -7,16 +7,12 @@ import json
 import pandas as pd
 import pytest
 
-from ynat_ray.config import YnatConfig
-from ynat_ray.data import (
-    DataValidationError,
-    HubUnavailableError,
-    embedded_split,
-    expand_paths,
-    hub_split,
-    load_splits,
-    read_rows,
-)
+from ynat_ray.config import DataArgs, RowArgs
+from ynat_ray.data.files import expand_paths
+from ynat_ray.data.reading import read_rows
+from ynat_ray.data.sources import HubUnavailableError, embedded_split, hub_split, load_splits
+from ynat_ray.data.validation import DataValidationError
+from ynat_ray.errors import UsageError, YnatError
 from ynat_ray.labels import LABELS
 
 ROWS = [
@@ -43,7 +39,7 @@ def write(path, rows, fmt: str) -> str:
 @pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "parquet"])
 def test_each_format_reads_the_same_rows(tmp_path, fmt):
     path = write(tmp_path / f"train.{fmt}", ROWS, fmt)
-    df = read_rows(path, YnatConfig())
+    df = read_rows(path, RowArgs())
     assert df["title"].tolist() == [r["title"] for r in ROWS]
     assert df["label"].tolist() == [3, 3, 2]
     assert df["guid"].tolist() == [r["guid"] for r in ROWS]
@@ -53,7 +49,7 @@ def test_directory_and_glob(tmp_path):
     write(tmp_path / "a.jsonl", ROWS[:2], "jsonl")
     write(tmp_path / "b.csv", ROWS[2:], "csv")
     (tmp_path / "notes.txt").write_text("ignored")
-    assert len(read_rows(str(tmp_path), YnatConfig())) == 3
+    assert len(read_rows(str(tmp_path), RowArgs())) == 3
     assert expand_paths(str(tmp_path / "*.jsonl")) == [str(tmp_path / "a.jsonl")]
     with pytest.raises(FileNotFoundError):
         expand_paths(str(tmp_path / "missing.jsonl"))
@@ -62,7 +58,7 @@ def test_directory_and_glob(tmp_path):
 def test_custom_columns_and_label_names(tmp_path):
     rows = [{"id": 1, "headline": "증시 상승 마감", "topic": "경제"}, {"id": 2, "headline": "손흥민 시즌 10호골", "topic": "5"}]
     path = write(tmp_path / "x.jsonl", rows, "jsonl")
-    df = read_rows(path, YnatConfig(text_column="headline", label_column="topic"))
+    df = read_rows(path, RowArgs(text_column="headline", label_column="topic"))
     assert df["label"].tolist() == [1, 5]
     assert df["title"].tolist() == ["증시 상승 마감", "손흥민 시즌 10호골"]
 
@@ -83,7 +79,7 @@ BAD_CASES = [
 def test_bad_row_names_file_row_and_field(tmp_path, bad, field, reason):
     path = write(tmp_path / "train.jsonl", [ROWS[0], ROWS[1], bad], "jsonl")
     with pytest.raises(DataValidationError) as info:
-        read_rows(path, YnatConfig())
+        read_rows(path, RowArgs())
     err = info.value
     assert (err.source, err.row, err.field) == (path, 3, field)
     assert reason in str(err) and path in str(err) and "row 3" in str(err)
@@ -93,17 +89,17 @@ def test_invalid_json_line_is_named(tmp_path):
     path = tmp_path / "broken.jsonl"
     path.write_text(json.dumps(ROWS[0], ensure_ascii=False) + "\n{not json\n", encoding="utf-8")
     with pytest.raises(DataValidationError, match=r"broken.jsonl: row 2"):
-        read_rows(str(path), YnatConfig())
+        read_rows(str(path), RowArgs())
 
 
 def test_skip_mode_quarantines_and_counts(tmp_path):
     data = tmp_path / "train.jsonl"
     write(data, [ROWS[0], {"title": "", "label": 1}, ROWS[1], {"title": "x", "label": "연예"}, ROWS[2]], "jsonl")
-    cfg = YnatConfig(data=str(data), validation_size=1, on_bad_rows="skip")
+    cfg = DataArgs(data=str(data), validation_size=1, on_bad_rows="skip")
     splits = load_splits(cfg)
     assert len(splits.train) + len(splits.validation) == 3
     assert [(b.row, b.field) for b in splits.bad_rows] == [(2, "title"), (4, "label")]
-    from ynat_ray.data import write_quarantine
+    from ynat_ray.data.quarantine import write_quarantine
 
     out = tmp_path / "q" / "quarantine.jsonl"
     assert write_quarantine(splits.bad_rows, str(out)) == 2
@@ -122,18 +118,31 @@ def test_embedded_default_is_the_notebook_sized_real_subsample():
 def test_splits_are_reproducible_and_subsampled(tmp_path):
     rows = [{"title": f"제목 {i}", "label": i % 7} for i in range(60)]
     data = write(tmp_path / "t.jsonl", rows, "jsonl")
-    cfg = YnatConfig(data=data, validation_size=10, max_train_samples=20, seed=7)
+    cfg = DataArgs(data=data, validation_size=10, max_train_samples=20, seed=7)
     a, b = load_splits(cfg), load_splits(cfg)
     assert a.train["title"].tolist() == b.train["title"].tolist() and len(a.train) == 20
     assert len(a.validation) == 10 and set(a.validation["title"]).isdisjoint(a.train["title"])
-    c = load_splits(YnatConfig(data=data, validation_size=10, max_train_samples=20, seed=8))
+    c = load_splits(DataArgs(data=data, validation_size=10, max_train_samples=20, seed=8))
     assert c.train["title"].tolist() != a.train["title"].tolist()
 
 
 def test_hub_unreachable_names_the_offline_alternative():
     # conftest sets HF_HUB_OFFLINE=1: the same failure a machine without the hub gets, without waiting on retries.
     with pytest.raises(HubUnavailableError, match="--data embedded"):
-        hub_split("validation", YnatConfig(data="hub"))
+        hub_split("validation", RowArgs())
+
+
+def test_data_errors_are_user_errors(tmp_path):
+    """What the user can fix is a YnatError (one line from the CLI), never a bare ValueError (a bug's traceback)."""
+    from ynat_ray.data.stream import stream_file_splits
+
+    assert issubclass(DataValidationError, YnatError) and issubclass(HubUnavailableError, YnatError)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("", encoding="utf-8")
+    with pytest.raises(YnatError, match="no valid training rows"):
+        load_splits(DataArgs(data=str(empty)))
+    with pytest.raises(UsageError, match="clashes with a column the reader adds"):  # refused before Ray is needed
+        stream_file_splits(DataArgs(data=str(empty), text_column="source"))
 
 
 def test_hold_out_depends_on_guids_not_on_file_layout(tmp_path):
@@ -146,8 +155,8 @@ def test_hold_out_depends_on_guids_not_on_file_layout(tmp_path):
     two.mkdir()
     write(two / "a.csv", rows[::2], "csv")
     write(two / "b.parquet", rows[1::2], "parquet")
-    a = load_splits(YnatConfig(data=str(one), validation_size=12, max_train_samples=30))
-    b = load_splits(YnatConfig(data=str(two), validation_size=12, max_train_samples=30))
+    a = load_splits(DataArgs(data=str(one), validation_size=12, max_train_samples=30))
+    b = load_splits(DataArgs(data=str(two), validation_size=12, max_train_samples=30))
     assert sorted(a.validation["guid"]) == sorted(b.validation["guid"]) and len(a.validation) == 12
     assert sorted(a.train["guid"]) == sorted(b.train["guid"]) and len(a.train) == 30
     assert set(a.validation["guid"]).isdisjoint(a.train["guid"])
@@ -159,7 +168,7 @@ def test_boundary_buckets_rank_like_a_full_sort(total):
     thresholds and counts as sorting every hash in memory."""
     import numpy as np
 
-    from ynat_ray.data import HashOrder, hash_buckets, plan_hash_split, split_hashes
+    from ynat_ray.data.splits import HashOrder, hash_buckets, plan_hash_split, split_hashes
 
     hashes = split_hashes([f"row-{i}" for i in range(total)], seed=11)
     order = HashOrder.from_hashes(hashes)
@@ -175,26 +184,27 @@ def test_boundary_buckets_rank_like_a_full_sort(total):
         assert full_rows == int(full.train_mask(hashes).sum()) == (total - hold_out if cap is None else min(cap, total - hold_out))
         if hold_out:
             assert full.valid_below == int(ordered[hold_out])  # exactly the hold_out lowest hashes
-    with pytest.raises(ValueError, match="lower --validation_size"):
+    with pytest.raises(UsageError, match="lower --validation_size"):
         plan_hash_split(order, hashes, 11, total, None)
 
 
 def test_id_column_is_the_guid_everywhere(tmp_path):
     rows = [{"id": "ynat-v1_train_00000", "title": ROWS[0]["title"], "label": 3}, {"id": "x-2", "title": ROWS[1]["title"], "label": 3}]
-    df = read_rows(write(tmp_path / "with_id.csv", rows, "csv"), YnatConfig())
+    df = read_rows(write(tmp_path / "with_id.csv", rows, "csv"), RowArgs())
     assert df["guid"].tolist() == ["ynat-v1_train_00000", "x-2"]
     both = [{**r, "guid": f"g{i}"} for i, r in enumerate(rows)]  # a real guid column wins over id
-    assert read_rows(write(tmp_path / "both.jsonl", both, "jsonl"), YnatConfig())["guid"].tolist() == ["g0", "g1"]
+    assert read_rows(write(tmp_path / "both.jsonl", both, "jsonl"), RowArgs())["guid"].tolist() == ["g0", "g1"]
     # ...unless `id` is what the user named as the text column.
     texts = write(tmp_path / "id_text.jsonl", [{"id": ROWS[0]["title"], "label": 3}], "jsonl")
-    assert read_rows(texts, YnatConfig(text_column="id"))["guid"].tolist() == ["id_text.jsonl:1"]
+    assert read_rows(texts, RowArgs(text_column="id"))["guid"].tolist() == ["id_text.jsonl:1"]
 
 
 @pytest.mark.parametrize("scheme", ["memory", "file"])
 def test_quarantine_writer_takes_uris(tmp_path, scheme):
     import fsspec
 
-    from ynat_ray.data import BadRow, write_quarantine
+    from ynat_ray.data.quarantine import write_quarantine
+    from ynat_ray.data.validation import BadRow
 
     bad = [BadRow("s3://bucket/train.jsonl", 4, "title", "empty", {"title": "", "label": 1})]
     uri = "memory://quarantine-test/nested/q.jsonl" if scheme == "memory" else f"file://{tmp_path}/deep/dir/q.jsonl"
@@ -219,10 +229,10 @@ def test_hub_bad_rows_are_quarantined_and_counted(monkeypatch):
         return datasets.Dataset.from_list(splits[split])
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    loaded = load_splits(YnatConfig(data="hub", validation_size=4, on_bad_rows="skip"))
+    loaded = load_splits(DataArgs(data="hub", validation_size=4, on_bad_rows="skip"))
     # As before: validation_size rows of hub validation become test, as many of the rest validation.
     assert len(loaded.train) == 20 and len(loaded.validation) == 4 and len(loaded.test) == 4
     where = [(b.source, b.row, b.field) for b in loaded.bad_rows]
     assert where == [("hub:klue/ynat/train", 21, "title"), ("hub:klue/ynat/validation", 11, "label")]
     with pytest.raises(DataValidationError, match="hub:klue/ynat/train: row 21"):
-        load_splits(YnatConfig(data="hub", validation_size=4))
+        load_splits(DataArgs(data="hub", validation_size=4))

@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from ynat_ray.checkpoint import CACHE_ENV, ONNX_FP32_FILE, ONNX_INT8_FILE, PARITY_FILE, content_hash, export_cache_dir
-from ynat_ray.data import embedded_split
-from ynat_ray.export import FP32_MAX_ABS_DIFF, export_checkpoint, int8_settings, load_parity, ort_session
+from ynat_ray.data.sources import embedded_split
+from ynat_ray.export import FP32_MAX_ABS_DIFF, export_checkpoint, int8_settings, load_parity
 from ynat_ray.features import encode_texts
-from ynat_ray.inference import softmax
 from ynat_ray.modeling import build_model
+from ynat_ray.runners import ort_session, softmax
 from ynat_ray.vocab import train_wordpiece_tokenizer
 
 MAX_LENGTH = 64
@@ -192,3 +192,25 @@ def test_int8_settings_follow_cpu_flags() -> None:
     assert (avx2["weight_type"], avx2["reduce_range"]) != ("QInt8", False)  # U8S8 at full range can saturate without VNNI
     assert "no VNNI" in avx2["reason"]
     assert int8_settings(set()) == {**avx2, "isa": {k: False for k in avx2["isa"]}}  # no /proc/cpuinfo: the safe choice
+
+
+def test_backend_mistakes_are_usage_errors() -> None:
+    from ynat_ray.errors import UsageError
+    from ynat_ray.inference import choose_backend
+
+    with pytest.raises(UsageError, match="unknown backend"):
+        choose_backend("tensorrt", "cpu", None)
+    with pytest.raises(UsageError, match="CPU only"):
+        choose_backend("onnx-int8", "cuda", None)
+    assert choose_backend("auto", "cpu", None).name == "torch"
+
+
+def test_score_reports_the_engines_top_label() -> None:
+    from ynat_ray.metrics import score
+
+    class Engine:
+        def probabilities(self, texts: list[str], batch_size: int = 128) -> np.ndarray:
+            return np.eye(7, dtype=np.float32)[[len(t) % 7 for t in texts]]
+
+    metrics, probs = score(Engine(), ["a", "bb", "ccc"], [1, 2, 0], batch_size=2)  # type: ignore[arg-type]
+    assert probs.shape == (3, 7) and metrics["num_rows"] == 3 and metrics["accuracy"] == 2 / 3

@@ -1,15 +1,14 @@
-"""Tokenizer/model invariants, CPU planning and config parsing. No Ray cluster needed."""
+"""Tokenizer/model invariants and the training collate. No Ray cluster needed (CPU planning and config: test_config.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ynat_ray.config import YnatConfig, build_parser, parse_config
-from ynat_ray.data import embedded_split
+from ynat_ray.data.sources import embedded_split
+from ynat_ray.errors import UsageError
 from ynat_ray.labels import ID2LABEL, LABELS
 from ynat_ray.modeling import ModelLoadError, build_model, check_compatible, load_tokenizer
-from ynat_ray.resources import plan_workers
 
 MAX_LEN = 32
 
@@ -65,17 +64,17 @@ def test_wide_preset_is_a_mean_pooled_modernbert(tokenizer):
         alone = model(**padded).logits
     assert logits.shape == (2, 7)
     assert torch.allclose(alone[0], logits[0], atol=1e-5)
-    with pytest.raises(ValueError, match="max_position_embeddings"):
+    with pytest.raises(UsageError, match="max_position_embeddings"):
         check_compatible(tokenizer, cfg, MAX_LEN + 1)
 
 
 def test_incompatible_pad_or_positions_are_refused(tokenizer):
     model = build_model("ynat-tiny", tokenizer, MAX_LEN)
     model.config.pad_token_id = 0
-    with pytest.raises(ValueError, match="pad_token_id"):
+    with pytest.raises(ModelLoadError, match="pad_token_id"):
         check_compatible(tokenizer, model.config, MAX_LEN)
     model.config.pad_token_id = 1
-    with pytest.raises(ValueError, match="max_position_embeddings"):
+    with pytest.raises(UsageError, match="max_position_embeddings"):
         check_compatible(tokenizer, model.config, MAX_LEN + 1)
 
 
@@ -83,48 +82,6 @@ def test_unreachable_model_names_the_presets():
     # conftest sets HF_HUB_OFFLINE=1, so this is what a user without the hub sees.
     with pytest.raises(ModelLoadError, match="ynat-tiny"):
         load_tokenizer("klue/roberta-base", MAX_LEN)
-
-
-def test_cpu_plan_leaves_room_for_ray_data():
-    plan = plan_workers(2, 2.0)
-    assert plan.cpus_per_worker * 2 + plan.data_reserve_cpus <= 2.0 and plan.torch_threads == 1
-    # a tokenize task (Ray Data's default asks for 1 CPU) must fit beside the workers, or streaming hangs
-    assert plan.data_task_cpus <= 2.0 - plan.cpus_per_worker * 2
-    assert plan_workers(1, 16.0).cpus_per_worker == 14.0
-    assert plan_workers(4, 8.0, use_gpu=True).resources() == {"CPU": 1.0, "GPU": 1}
-    with pytest.raises(ValueError, match="no CPU for Ray Data"):
-        plan_workers(2, 2.0, cpus_per_worker=1.0)
-
-
-def test_cpu_plan_fits_the_nodes_not_the_cluster_total():
-    """3 nodes of 1 CPU: a plan over the total (3 CPUs) asked for 2 x 1.12 CPU, which no node holds, and hung."""
-    from ynat_ray.resources import fits, largest_fitting_share
-
-    plan = plan_workers(2, [1.0, 1.0, 1.0])
-    assert plan.cpus_per_worker == 1.0 and fits([1.0, 1.0, 1.0], 2, plan.cpus_per_worker, plan.data_task_cpus)
-    # Two 1.5-CPU nodes, 2 workers: the total's share (1.12) would leave no node room for a Data task; 0.75 does.
-    plan = plan_workers(2, [1.5, 1.5])
-    assert plan.cpus_per_worker == 0.75 and fits([1.5, 1.5], 2, plan.cpus_per_worker, plan.data_task_cpus)
-    # One machine: the plan is what it always was.
-    assert plan_workers(2, [2.0]) == plan_workers(2, 2.0)
-    # A Tune trial's budget caps the share, and STRICT_SPREAD needs a node per worker.
-    assert plan_workers(1, [4.0, 4.0], budget=2.0).cpus_per_worker == 1.5
-    assert largest_fitting_share([1.0], 2, 0.5, 0.25, spread=True) == 0.5  # nothing fits: wait_for_placement says so
-
-
-def test_config_file_and_flags_share_one_object(tmp_path):
-    path = tmp_path / "run.yaml"
-    path.write_text("epochs: 7\nmodel: klue/roberta-base\nnum_workers: 4\n")
-    cfg, _ = parse_config(["--config", str(path), "--epochs", "2", "--use_gpu"])
-    assert (cfg.epochs, cfg.model, cfg.num_workers, cfg.use_gpu) == (2, "klue/roberta-base", 4, True)
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("epoch: 3\n")
-    with pytest.raises(ValueError, match="unknown config keys: epoch"):
-        parse_config(["--config", str(bad)])
-    assert YnatConfig(storage_path="relative/dir").resolved_storage_path().startswith("/")
-    assert YnatConfig(storage_path="s3://bucket/runs").resolved_storage_path() == "s3://bucket/runs"
-    helps = [a.help for a in build_parser()._actions if a.dest != "help"]
-    assert all(helps), "every option has help text"
 
 
 def test_token_dropout_masks_only_real_tokens_and_only_in_training_batches(tokenizer):
@@ -145,13 +102,3 @@ def test_token_dropout_masks_only_real_tokens_and_only_in_training_batches(token
     assert torch.equal(dropped["attention_mask"], plain["attention_mask"])
     real = (~special).sum().item()
     assert 0.2 * real < changed.sum().item() < 0.4 * real
-
-
-def test_recipes_fill_only_what_the_user_left_open():
-    default = YnatConfig(epochs=2).with_recipe()
-    assert default.model == "ynat-bigram" and default.epochs == 2 and default.learning_rate > 1e-4
-    assert default.hidden_dropout is not None and default.vocab_size == 16000
-    tiny = YnatConfig(model="ynat-tiny", vocab_size=2000).with_recipe()
-    assert tiny.vocab_size == 2000 and tiny.epochs == 7, "each preset has its own tuned recipe; a given value wins"
-    roberta = YnatConfig(model="klue/roberta-base").with_recipe()
-    assert roberta.learning_rate == 5e-5 and roberta.hidden_dropout is None and roberta.token_dropout == 0.0

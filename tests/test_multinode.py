@@ -378,7 +378,7 @@ INPUT_FILES, ROWS_PER_INPUT = 3, 3000
 @pytest.fixture(scope="module")
 def s3_inputs(s3: Any) -> str:
     """3 JSON-lines files of real YNAT titles (9,000 rows) under s3://ynat/news/."""
-    from ynat_ray.data import embedded_split
+    from ynat_ray.data.sources import embedded_split
 
     rows = embedded_split("train").head(INPUT_FILES * ROWS_PER_INPUT)
     for i in range(INPUT_FILES):

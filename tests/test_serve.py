@@ -9,11 +9,14 @@ on this module alone; CI uses the `checkpoint_dir` fixture).
 """
 
 import asyncio
+import contextlib
 import json
+import logging
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,11 +26,11 @@ import pytest
 from conftest import TRAINED_MAX_LENGTH, free_port
 
 from ynat_ray import __version__
-from ynat_ray.config import YnatConfig
-from ynat_ray.data import embedded_split
+from ynat_ray.config import ServeConfig
+from ynat_ray.data.sources import embedded_split
 from ynat_ray.labels import LABELS
 
-# Nothing here imports ray at module level (ynat_ray.serving does): Ray reads RAY_AUTH_MODE when it is
+# Nothing here imports ray at module level (ynat_ray.serving.app does): Ray reads RAY_AUTH_MODE when it is
 # first imported, and conftest sets it to 'token' only when the session cluster starts.
 APP_NAME = "ynat"
 REPLICA_CLASS = f"ServeReplica:{APP_NAME}:YnatClassifier"
@@ -37,7 +40,7 @@ SCORE_TOL = 1e-4
 @dataclass
 class Server:
     url: str
-    cfg: YnatConfig
+    cfg: ServeConfig
     checkpoint: str
     ingress: str  # 'haproxy' or 'proxy' (the fallback)
 
@@ -47,7 +50,7 @@ def served_checkpoint(request: pytest.FixtureRequest) -> str:
     return os.environ.get("YNAT_TEST_CHECKPOINT") or request.getfixturevalue("checkpoint_dir")
 
 
-def _cfg(checkpoint: str, **overrides: Any) -> YnatConfig:
+def _cfg(checkpoint: str, **overrides: Any) -> ServeConfig:
     """Small replicas (2 fit in the 2-CPU test cluster next to the ingress) and fast autoscaling/health checks."""
     values: dict[str, Any] = dict(
         checkpoint=checkpoint,
@@ -69,20 +72,20 @@ def _cfg(checkpoint: str, **overrides: Any) -> YnatConfig:
         request_timeout_s=20.0,
     )
     values.update(overrides)
-    return YnatConfig(**values)
+    return ServeConfig.of(**values)
 
 
 @pytest.fixture(scope="module")
 def server(ray_session, served_checkpoint: str):
     from ray import serve
 
-    from ynat_ray import serving
+    from ynat_ray.serving import app
 
-    assert serving.APP_NAME == APP_NAME
+    assert app.APP_NAME == APP_NAME
     cfg = _cfg(served_checkpoint, port=free_port())
-    ingress = serving.deploy(cfg)  # the product's path: HAProxy direct ingress, or the proxy with a warning
+    ingress = app.deploy(cfg)  # the product's path: HAProxy direct ingress, or the proxy with a warning
     try:
-        yield Server(f"http://127.0.0.1:{cfg.port}", cfg, served_checkpoint, ingress)
+        yield Server(f"http://127.0.0.1:{cfg.serve.port}", cfg, served_checkpoint, ingress)
     finally:
         serve.shutdown()
 
@@ -120,7 +123,7 @@ def replicas(state: str = "RUNNING") -> int:
 
 # ---- info, health, readiness --------------------------------------------------------------------
 def test_info_health_and_readiness(server: Server) -> None:
-    from ynat_ray.serving import haproxy_problem
+    from ynat_ray.serving.ingress import haproxy_problem
 
     assert server.ingress == ("haproxy" if haproxy_problem() is None else "proxy")  # HAProxy wherever it can run
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
@@ -130,7 +133,7 @@ def test_info_health_and_readiness(server: Server) -> None:
         info = httpx.get(f"{server.url}{path}").json()
         assert info["labels"] == list(LABELS)
         assert info["model_id"] == server.checkpoint and len(info["model_sha"]) == 16
-        assert server.cfg.max_length is None and info["max_input_length"] == TRAINED_MAX_LENGTH  # read from the checkpoint
+        assert server.cfg.engine.max_length is None and info["max_input_length"] == TRAINED_MAX_LENGTH  # read from the checkpoint
         assert info["backend"] == "onnx" and info["threads"] == 1 and "asked for" in info["backend_reason"]
         assert info["version"] == __version__
         assert info["max_texts_per_request"] == 8 and info["max_chars_per_text"] == 300
@@ -175,7 +178,7 @@ def test_over_long_text_is_truncated_by_default(server: Server, titles: list[str
     long_text = (titles[5] + " ") * 40  # > max_chars_per_text (300) and > max_length tokens
     resp = post(server.url, {"inputs": long_text})
     assert resp.status_code == 200, resp.text
-    assert_same(resp.json()[0], pipe(long_text[: server.cfg.max_chars_per_text])[0])
+    assert_same(resp.json()[0], pipe(long_text[: server.cfg.limits.max_chars_per_text])[0])
 
 
 def test_huggingface_inference_client(server: Server, titles: list[str], pipe, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -355,7 +358,14 @@ def test_bad_json_bodies(server: Server, body: Any, status: int, needle: str) ->
         ("POST", "/v1/predict", '{"inputs": "a"}', 404, "no route"),
     ],
     ids=[
-        "invalid-json", "form-body", "empty-body", "lone-surrogate", "get-predict", "put-predict", "delete-info", "unknown-get",
+        "invalid-json",
+        "form-body",
+        "empty-body",
+        "lone-surrogate",
+        "get-predict",
+        "put-predict",
+        "delete-info",
+        "unknown-get",
         "unknown-post",
     ],  # fmt: skip
 )
@@ -410,31 +420,54 @@ def test_poison_texts_among_many_good_requests_fail_alone(server: Server, titles
     assert zero_width.status_code == 200 and len(zero_width.json()) == 2
 
 
-def test_a_failing_forward_pass_is_retried_text_by_text(served_checkpoint: str, titles: list[str]) -> None:
-    """If a batch's forward pass raises, only the text that breaks it is rejected; its batch-mates get their rows.
+def test_one_batch_tells_a_refused_text_from_a_failing_model(served_checkpoint: str, titles: list[str]) -> None:
+    """The replica's batch step (`batch_logits`) with the real engine: which step raised decides whose fault it is.
 
-    The real engine, with a real failure: a text whose encoding raises (no input reaches that through the
-    HTTP validation, which is why this runs the isolation step directly).
+    A text the tokenizer refuses is rejected alone and its batch-mates still share one forward pass; a model run
+    that raises (here a session that raises, as a broken ONNX Runtime session would) fails the batch's texts with
+    `EngineFailed` and is logged with its traceback, while the refused text stays refused. No input reaches a
+    tokenizer failure through the HTTP validation, which is why this runs the step directly (the HTTP path is
+    `test_engine_failure_is_a_logged_json_500_and_a_refused_text_still_a_422`).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     from ynat_ray.inference import TextClassifier
-    from ynat_ray.serving import TextRejected, logits_isolated
+    from ynat_ray.serving.replica import EngineFailed, TextRejected, batch_logits
 
     clf = TextClassifier(served_checkpoint, backend="onnx", threads=1)
     poison = "this title breaks the tokenizer"
 
-    def logits(texts: list[str], batch_size: int) -> np.ndarray:
+    def encode(texts: list[str]) -> dict[str, np.ndarray]:
         if poison in texts:
             raise ValueError("tokenizer rejected the input")
-        return clf.logits(texts, batch_size)
+        return clf.encode(texts)
 
     batch = [*titles[:5], poison, *titles[5:9]]
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        rows = asyncio.run(logits_isolated(logits, batch, pool))
+    rows = batch_logits(encode, clf.runner, batch)
     assert isinstance(rows[5], TextRejected) and "tokenizer rejected" in str(rows[5])
     good = [r for i, r in enumerate(rows) if i != 5]
+    assert {size for _, size in good} == {9}  # the other nine still rode in one forward pass
     np.testing.assert_allclose(np.stack([row for row, _ in good]), clf.logits(titles[:9]), atol=1e-5)
+
+    def broken_session(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        raise RuntimeError("onnxruntime session failed (injected)")
+
+    with errors_logged() as logged:
+        rows = batch_logits(encode, broken_session, batch)
+    assert isinstance(rows[5], TextRejected)
+    assert all(isinstance(r, EngineFailed) and "RuntimeError: onnxruntime session failed" in str(r) for r in rows[:5] + rows[6:])
+    assert len(logged) == 1 and logged[0].exc_info and logged[0].exc_info[0] is RuntimeError  # once per batch, with traceback
+
+
+@contextlib.contextmanager
+def errors_logged(name: str = "ray.serve") -> Iterator[list[logging.LogRecord]]:
+    """The ERROR records logged to `name` (Serve's replica logger) inside the block."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger(name).addHandler(handler)
+    try:
+        yield records
+    finally:
+        logging.getLogger(name).removeHandler(handler)
 
 
 # ---- batching --------------------------------------------------------------------------------------
@@ -450,7 +483,7 @@ def test_texts_from_different_requests_share_batches(server: Server, titles: lis
         responses = asyncio.run(burst())
         assert all(r.status_code == 200 for r in responses)
         sizes = [int(r.headers["x-batch-size"]) for r in responses]
-        assert max(sizes) <= server.cfg.max_batch_size
+        assert max(sizes) <= server.cfg.limits.max_batch_size
         if max(sizes[:8]) > 1 and sizes[8] >= 8:
             return
     pytest.fail(f"no shared batch in 3 bursts; batch sizes {sizes}")
@@ -473,14 +506,15 @@ def test_bf16_gives_the_fp32_labels(served_checkpoint: str, titles: list[str]) -
 # ---- backpressure and timeouts (small side apps) --------------------------------------------------
 @pytest.fixture()
 def side_app(server: Server):
-    """Deploy a second app at /side with the given overrides; delete it afterwards."""
+    """Deploy a second app at /side with the given overrides (and deployment class); delete it afterwards."""
     from ray import serve
 
-    from ynat_ray.serving import build_app
+    from ynat_ray.serving.app import build_app
+    from ynat_ray.serving.replica import YnatServer
 
-    def deploy(**overrides: Any) -> str:
+    def deploy(deployment: Any = YnatServer, **overrides: Any) -> str:
         cfg = _cfg(server.checkpoint, replica_cpus=0.25, min_replicas=1, max_replicas=1, **overrides)
-        serve.run(build_app(cfg), name="side", route_prefix="/side")
+        serve.run(build_app(cfg, deployment), name="side", route_prefix="/side")
         url = f"{server.url}/side"
         assert _wait(lambda: httpx.get(f"{url}/readyz").status_code == 200, 60)
         return url
@@ -535,6 +569,88 @@ def test_request_timeout_answers_504(side_app, titles: list[str]) -> None:
     assert resp.status_code == 504, resp.text
     assert "within 0.5s" in resp.json()["error"]
     assert time.monotonic() - started < 1.9
+
+
+# ---- typed errors: a refused text vs a failing engine, through HTTP ------------------------------------
+def _engine_faults() -> Any:
+    """`YnatServer` with a few methods a test calls on the live replica through a Serve handle: make its tokenizer
+    refuse one text, make its model run raise from now on (as a broken ONNX Runtime session or an out-of-memory
+    error would), and read back the errors the replica logged. Everything else is the product's own code.
+
+    Defined in a function so that Serve ships the class to the replica by value, not by an import of this module;
+    its methods use nothing from this module but `logging`.
+    """
+    from ynat_ray.serving.replica import YnatServer
+
+    class EngineFaults(YnatServer.func_or_class):
+        def refuse_text(self, poison: str) -> None:
+            encode = self.clf.encode
+
+            def picky_encode(texts):
+                if poison in texts:
+                    raise ValueError(f"tokenizer refuses {poison!r} (injected)")
+                return encode(texts)
+
+            self.clf.encode = picky_encode
+
+        def break_engine(self, message: str) -> None:
+            def failing_run(input_ids, attention_mask):
+                raise RuntimeError(message)
+
+            self.clf.runner = failing_run
+
+        def capture_errors(self) -> None:
+            self.errors = []
+            handler = logging.Handler(logging.ERROR)
+            handler.emit = self.errors.append
+            logging.getLogger("ray.serve").addHandler(handler)
+
+        def captured_errors(self) -> list:
+            """(message, exception type name) of each ERROR record; LogRecords with tracebacks do not pickle."""
+            return [(r.getMessage(), r.exc_info[0].__name__ if r.exc_info else "") for r in self.errors]
+
+    return YnatServer.options(func_or_class=EngineFaults)
+
+
+def test_engine_failure_is_a_logged_json_500_and_a_refused_text_still_a_422(side_app, titles: list[str]) -> None:
+    """TEI's typed errors over real HTTP, on one live replica whose tokenizer refuses one text and then whose model breaks.
+
+    - A text the tokenizer refuses: its request gets a 422 naming the item (`error_type: tokenizer`); requests
+      sharing its batch get their answers, and nothing is logged as a server error.
+    - The model run raising: every request that reached it gets a JSON 500 (`error_type: engine`) and the replica
+      logs the failure with its traceback; a request whose only text the tokenizer refuses is still a 422.
+    """
+    from ray import serve
+
+    # One replica, batches that wait to fill so the burst's requests share them, and no health check during the
+    # test: with a broken model it would (rightly) fail and Serve would replace the replica under the test.
+    url = side_app(_engine_faults(), max_batch_size=16, batch_wait_timeout_s=0.2, health_check_period_s=600.0)
+    replica = serve.get_app_handle("side")
+    poison = "토크나이저가 거부하는 제목"
+    replica.refuse_text.remote(poison).result()
+    replica.capture_errors.remote().result()
+
+    async def burst(bodies: list[dict[str, Any]]) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            return list(await asyncio.gather(*(client.post("/predict", json=body) for body in bodies)))
+
+    responses = asyncio.run(burst([{"inputs": t} for t in titles[:4]] + [{"inputs": [titles[4], poison]}]))
+    assert [r.status_code for r in responses] == [200] * 4 + [422], [r.text for r in responses]
+    refused = responses[4].json()
+    assert refused["error_type"] == "tokenizer" and refused["error"].startswith("inputs[1] cannot be processed by the model's tokenizer")
+    assert "tokenizer refuses" in refused["error"]
+    assert not [m for m, _ in replica.captured_errors.remote().result() if "model failed" in m]
+
+    replica.break_engine.remote("CUDA out of memory (injected by the test)").result()
+    responses = asyncio.run(burst([{"inputs": t} for t in titles[:3]] + [{"inputs": [poison]}]))
+    assert [r.status_code for r in responses] == [500] * 3 + [422], [r.text for r in responses]
+    for resp in responses[:3]:
+        assert resp.headers["content-type"] == "application/json"
+        body = resp.json()
+        assert body["error_type"] == "engine" and "RuntimeError: CUDA out of memory (injected by the test)" in body["error"]
+    assert responses[3].json()["error_type"] == "tokenizer"  # the refused text is still the text's fault
+    logged = [(m, exc) for m, exc in replica.captured_errors.remote().result() if "model failed" in m]
+    assert logged and all(exc == "RuntimeError" for _, exc in logged), logged  # logged with the exception's traceback
 
 
 # ---- autoscaling and failure recovery -------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Serve's ingress choice: HAProxy direct ingress by default, Serve's Python proxy when HAProxy cannot start.
 
-Runs after test_serve.py (which serves through `serving.deploy`, so through HAProxy wherever it starts) and
+Runs after test_serve.py (which serves through `ynat_ray.serving.app.deploy`, so through HAProxy wherever it starts) and
 starts its own short-lived Serve instance on the session cluster.
 """
 
@@ -10,11 +10,11 @@ import httpx
 import pytest
 from conftest import free_port
 
-from ynat_ray.config import YnatConfig
+from ynat_ray.config import ServeConfig
 
 
 def test_haproxy_problem_names_a_binary_that_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ynat_ray.serving import haproxy_problem
+    from ynat_ray.serving.ingress import haproxy_problem
 
     monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", "/bin/false")
     assert "/bin/false does not run" in haproxy_problem()
@@ -25,14 +25,14 @@ def test_haproxy_problem_names_a_binary_that_cannot_run(monkeypatch: pytest.Monk
 def test_falls_back_to_the_python_proxy_with_one_warning(ray_session, checkpoint_dir, monkeypatch: pytest.MonkeyPatch) -> None:
     from ray import serve
 
-    from ynat_ray.serving import deploy
+    from ynat_ray.serving.app import deploy
 
     monkeypatch.setenv("RAY_SERVE_HAPROXY_BINARY_PATH", "/bin/false")
-    cfg = YnatConfig(checkpoint=checkpoint_dir, port=free_port(), replica_cpus=0.5, min_replicas=1, max_replicas=1, backend="onnx")
+    cfg = ServeConfig.of(checkpoint=checkpoint_dir, port=free_port(), replica_cpus=0.5, min_replicas=1, max_replicas=1, backend="onnx")
     said: list[str] = []
     try:
         assert deploy(cfg, log=said.append) == "proxy"
-        resp = httpx.post(f"http://127.0.0.1:{cfg.port}/predict", json={"inputs": "코스피 외국인 매수에 상승 마감"}, timeout=30)
+        resp = httpx.post(f"http://127.0.0.1:{cfg.serve.port}/predict", json={"inputs": "코스피 외국인 매수에 상승 마감"}, timeout=30)
         assert resp.status_code == 200 and resp.json()[0][0]["label"]
     finally:
         serve.shutdown()

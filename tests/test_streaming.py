@@ -13,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ynat_ray.config import YnatConfig
-from ynat_ray.data import DataValidationError, embedded_split, load_splits
+from ynat_ray.config import DataArgs, TrainConfig
+from ynat_ray.data.sources import embedded_split, load_splits
+from ynat_ray.data.validation import DataValidationError
 from ynat_ray.labels import LABELS
 
 RECORDS = 300
@@ -38,8 +39,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _cfg(files: Path, **kw: object) -> YnatConfig:
-    return YnatConfig(**{"data": str(files), "on_bad_rows": "skip", "validation_size": 30, "seed": 3, **kw})  # type: ignore[arg-type]
+def _cfg(files: Path, **kw: object) -> DataArgs:
+    return DataArgs(**{"data": str(files), "on_bad_rows": "skip", "validation_size": 30, "seed": 3, **kw})  # type: ignore[arg-type]
 
 
 def _streamed_titles(splits: object) -> list[str]:
@@ -85,7 +86,7 @@ def test_max_train_samples_streams_the_same_subsample(ray_session, files):
 
 def test_streamed_bad_row_stops_the_run_naming_file_and_row(ray_session, files):
     with pytest.raises(DataValidationError) as err:
-        load_splits(YnatConfig(data=str(files), validation_size=30), stream=True)
+        load_splits(DataArgs(data=str(files), validation_size=30), stream=True)
     assert (Path(err.value.source).name, err.value.row, err.value.field) in BAD
 
 
@@ -124,7 +125,7 @@ def test_fit_reads_training_files_in_ray_data_tasks(ray_session, files, storage,
     monkeypatch.setattr(ray.train.torch, "TorchTrainer", SpyTrainer)
     monkeypatch.setattr(ray.data, "from_pandas", spy_from_pandas)
     quarantine = "memory://ynat-stream-test/quarantine.jsonl"
-    cfg = YnatConfig(
+    cfg = TrainConfig.of(
         data=f"file://{files}", validation_size=40, on_bad_rows="skip", quarantine_path=quarantine,
         epochs=1, num_workers=2, batch_size=16, storage_path=storage, materialize="no", seed=5,
     )  # fmt: skip

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ynat_ray.config import UsageError, YnatConfig, build_parser, parse_config
+from ynat_ray.config import TrainConfig, TuneConfig, UsageError, parse_command
 
 
 def _space(tmp_path: Path, text: str) -> str:
@@ -26,13 +26,14 @@ def test_shipped_space_loads_and_searches_the_recipe() -> None:
         space.searched
     )
     assert space.searched["learning_rate"][0] == "loguniform"
-    assert space.max_epochs(YnatConfig()) == max(space.searched["epochs"][1])
+    assert space.max_epochs(TrainConfig()) == max(space.searched["epochs"][1])
 
 
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("learning_rat: 0.1\n", "unknown option 'learning_rat'"),
+        ("learning_rat: 0.1\n", "unknown option --learning_rat"),
+        ("port: 9000\n", "--port is an option of `ynat-ray serve`"),
         ("learning_rate: {lognormal: [1, 2]}\n", "'learning_rate' must be a value or one of"),
         ("learning_rate: {loguniform: [0, 1.0e-3]}\n", "positive low end"),
         ("learning_rate: {uniform: [2, 1]}\n", "low < high"),
@@ -51,15 +52,14 @@ def test_space_mistakes_name_the_file_and_key(tmp_path: Path, text: str, message
 
 
 def test_trial_concurrency_keeps_each_trials_ray_data_reserve() -> None:
-    from ynat_ray.tune import trial_concurrency
+    from ynat_ray.resources import trial_concurrency
 
-    two_workers = YnatConfig(num_workers=2)
-    assert trial_concurrency(2, 0, two_workers, None) == 1  # a 2-CPU laptop: one trial at a time
-    assert trial_concurrency(16, 0, two_workers, None) == 5  # 3 CPUs per trial: 2 workers + Ray Data
-    assert trial_concurrency(16, 0, two_workers, 2) == 2
-    assert trial_concurrency(16, 4, YnatConfig(num_workers=2, use_gpu=True), None) == 2
+    assert trial_concurrency(2, 0, 2, None, False, None) == 1  # a 2-CPU laptop: one trial at a time
+    assert trial_concurrency(16, 0, 2, None, False, None) == 5  # 3 CPUs per trial: 2 workers + Ray Data
+    assert trial_concurrency(16, 0, 2, None, False, 2) == 2
+    assert trial_concurrency(16, 4, 2, None, True, None) == 2
     with pytest.raises(UsageError, match="needs 2 GPU"):
-        trial_concurrency(16, 1, YnatConfig(num_workers=2, use_gpu=True), None)
+        trial_concurrency(16, 1, 2, None, True, None)
 
 
 def test_four_trial_search_stops_one_early_and_writes_a_trainable_best_yaml(ray_session, tmp_path: Path, capsys) -> None:
@@ -76,8 +76,10 @@ def test_four_trial_search_stops_one_early_and_writes_a_trainable_best_yaml(ray_
             "learning_rate: {grid: [1.0e-3, 1.0e-7]}\nepochs: {choice: [2]}\n",
         )
     )
-    cfg = YnatConfig(**space.fixed, storage_path=str(tmp_path / "runs"), num_workers=2)
-    outcome = run_tune(cfg, space, num_samples=2, grace_period=1, out_dir=str(tmp_path / "out"))
+    cfg = TuneConfig.of(
+        **space.fixed, storage_path=str(tmp_path / "runs"), num_workers=2, num_samples=2, grace_period=1, out=str(tmp_path / "out")
+    )
+    outcome = run_tune(cfg, space)
 
     assert len(outcome.table) == 4
     statuses = [row["status"] for row in outcome.table]
@@ -96,5 +98,5 @@ def test_four_trial_search_stops_one_early_and_writes_a_trainable_best_yaml(ray_
     # best.yaml is a plain config that `ynat-ray train --config` takes as is.
     best = yaml.safe_load(Path(outcome.best_yaml).read_text(encoding="utf-8"))
     assert best["learning_rate"] == 1e-3 and best["epochs"] == 2 and best["max_train_samples"] == 3000
-    trained_cfg, _ = parse_config(["--config", outcome.best_yaml], build_parser())
-    assert trained_cfg.learning_rate == 1e-3 and trained_cfg.batch_size == 16 and trained_cfg.max_length == 32
+    trained, _ = parse_command(TrainConfig, ["--config", outcome.best_yaml])
+    assert trained.train.learning_rate == 1e-3 and trained.train.batch_size == 16 and trained.model.max_length == 32

@@ -9,7 +9,7 @@ import pytest
 from tokenizers import normalizers
 from transformers import AutoTokenizer
 
-from ynat_ray.data import embedded_split
+from ynat_ray.data.sources import embedded_split
 from ynat_ray.modeling import PRESETS, build_model, load_tokenizer
 from ynat_ray.vocab import MIN_BIGRAM_COUNT, SPECIAL_TOKENS, doubling_charsmap, train_char_bigram_tokenizer, train_tokenizer
 

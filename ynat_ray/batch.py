@@ -3,7 +3,7 @@
 Pipeline, and why each step looks the way it does:
 
   expand_paths(--input) -> read_datasource(YnatFiles): ONE read task per file (READ_CPUS each) runs the
-     reader training uses too (`ynat_ray.rows`: parse + validate + the id/guid rule), so a malformed row is
+     reader training uses too (`ynat_ray.data.stream`: parse + validate + the id/guid rule), so a malformed row is
      reported exactly like in training, with the file's own 1-based row number. Good rows stream on with
      `source` and `row` columns; Ray Data splits each task's output into several blocks, so one big file
      still spreads over every actor. Skipped rows go to a tiny ledger actor that the driver asks for the
@@ -33,15 +33,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ynat_ray.config import YnatConfig
-from ynat_ray.data import BadRow, DataValidationError, expand_paths, write_quarantine
+from ynat_ray.config import BatchArgs, BatchConfig, EngineArgs, local_path
+from ynat_ray.data.files import expand_paths
+from ynat_ray.data.quarantine import write_quarantine
+from ynat_ray.data.stream import RowLedger, YnatFilesDatasource, unwrap_validation_error  # the one reader
+from ynat_ray.data.validation import BadRow, DataValidationError
+from ynat_ray.errors import UsageError
 from ynat_ray.labels import LABEL2ID
-from ynat_ray.rows import READ_CPUS, RowLedger, YnatFilesDatasource, unwrap_validation_error  # the one reader
+from ynat_ray.resources import READ_CPUS, WRITE_CPUS
 
-# A write task encodes and uploads one output file (a read task, READ_CPUS, parses and validates one). Both
-# are light, and giving them a quarter CPU means predictor actors can never take every CPU and starve them
-# (Ray Data then stalls without an error: "Cluster resources are not enough to run any task").
-WRITE_CPUS = 0.25
 # Rows per predictor call: several forward passes of --eval_batch_size each, sorted by length across the
 # whole call (less padding), and few enough calls that Ray's per-task overhead stays small next to the model.
 ROWS_PER_CALL = 1024
@@ -55,40 +55,33 @@ class OutputMismatchError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Workers (the reader, `read_file` / `YnatFilesDatasource` / `RowLedger`, lives in ynat_ray.rows)
+# Workers (the reader, `read_file` / `YnatFilesDatasource` / `RowLedger`, lives in ynat_ray.data.stream)
 
 
 class Predictor:
     """Ray Data actor: loads the checkpoint once, then adds label/score (and optionally all scores)."""
 
-    def __init__(self, cfg: YnatConfig):
-        from ynat_ray.inference import TextClassifier, threads_for
+    def __init__(self, engine: EngineArgs, cpus: float, gpus: float, text_column: str, eval_batch_size: int, all_scores: bool):
+        from ynat_ray.inference import load_engine
 
-        self.cfg = cfg
-        self.clf = TextClassifier(
-            cfg.checkpoint,
-            backend=cfg.backend,
-            use_gpu=cfg.actor_gpus > 0,
-            precision=cfg.precision,
-            max_length=cfg.max_length,
-            threads=threads_for(cfg.actor_cpus),  # one thread per reserved CPU, no oversubscription
-        )
+        self.clf = load_engine(engine, cpus=cpus, gpus=gpus)  # one thread per reserved CPU, no oversubscription
+        self.text_column, self.eval_batch_size, self.all_scores = text_column, eval_batch_size, all_scores
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return predict_table(self.clf, batch, self.cfg)
+        return predict_table(self.clf, batch, self.text_column, self.eval_batch_size, self.all_scores)
 
 
-def predict_table(clf: Any, batch: pa.Table, cfg: YnatConfig) -> pa.Table:
+def predict_table(clf: Any, batch: pa.Table, text_column: str, eval_batch_size: int, all_scores: bool) -> pa.Table:
     """Rows from `read_file` -> output rows: guid, text, label, score, [scores_<topic>...], gold, source, row."""
-    probs = clf.probabilities(batch.column(cfg.text_column).to_pylist(), batch_size=cfg.eval_batch_size)
+    probs = clf.probabilities(batch.column(text_column).to_pylist(), batch_size=eval_batch_size)
     best = probs.argmax(axis=1)
     columns: dict[str, Any] = {
         "guid": batch.column("guid"),
-        cfg.text_column: batch.column(cfg.text_column),
+        text_column: batch.column(text_column),
         "label": pa.array([clf.id2label[int(i)] for i in best], pa.string()),
         "score": pa.array(probs[np.arange(len(best)), best], pa.float32()),
     }
-    if cfg.all_scores:
+    if all_scores:
         for j, name in enumerate(clf.labels):
             columns[f"{SCORE_PREFIX}{name}"] = pa.array(probs[:, j], pa.float32())
     for name in ("gold", "source", "row", "row_id"):
@@ -101,18 +94,19 @@ def predict_table(clf: Any, batch: pa.Table, cfg: YnatConfig) -> pa.Table:
 # Driver
 
 
-def check_config(cfg: YnatConfig) -> None:
+def check_config(cfg: BatchConfig) -> None:
     """Fail before any work on options that would produce an unreadable or ambiguous output."""
-    for name in ("checkpoint", "input", "output"):
-        if not getattr(cfg, name):
-            raise ValueError(f"predict-batch needs --{name}")
-    if cfg.text_column in PREDICTED_COLUMNS or cfg.text_column.startswith(SCORE_PREFIX):
-        raise ValueError(f"--text_column {cfg.text_column!r} clashes with an output column ({', '.join(PREDICTED_COLUMNS)})")
-    if cfg.num_actors < 1 or cfg.eval_batch_size < 1 or cfg.rows_per_file < 1:
-        raise ValueError("--num_actors, --eval_batch_size and --rows_per_file must be >= 1")
+    job, text_column = cfg.batch, cfg.rows.text_column
+    for name, value in (("checkpoint", cfg.engine.checkpoint), ("input", job.input), ("output", job.output)):
+        if not value:
+            raise UsageError(f"predict-batch needs --{name}")
+    if text_column in PREDICTED_COLUMNS or text_column.startswith(SCORE_PREFIX):
+        raise UsageError(f"--text_column {text_column!r} clashes with an output column ({', '.join(PREDICTED_COLUMNS)})")
+    if job.num_actors < 1 or job.eval_batch_size < 1 or job.rows_per_file < 1:
+        raise UsageError("--num_actors, --eval_batch_size and --rows_per_file must be >= 1")
 
 
-def prepare_engine(cfg: YnatConfig) -> str:
+def prepare_engine(cfg: BatchConfig) -> str:
     """Export a local checkpoint once here, before the actors start, and say which backend they will run.
 
     Why in the driver: N actors would otherwise race to export the same checkpoint (a lock makes that safe,
@@ -120,34 +114,15 @@ def prepare_engine(cfg: YnatConfig) -> str:
     """
     from ynat_ray.inference import choose_backend
 
-    path = (cfg.checkpoint or "").removeprefix("file://")
-    if cfg.actor_gpus > 0:
-        return choose_backend(cfg.backend, "cuda", None).name
-    if cfg.backend == "torch" or not os.path.isdir(path):
-        return cfg.backend if cfg.backend != "auto" else "auto (chosen in each actor)"
+    backend, path = cfg.engine.backend, local_path(cfg.engine.checkpoint or "")
+    if cfg.batch.actor_gpus > 0:
+        return choose_backend(backend, "cuda", None).name
+    if backend == "torch" or not os.path.isdir(path):
+        return backend if backend != "auto" else "auto (chosen in each actor)"
     from ynat_ray.export import export_checkpoint
 
-    choice = choose_backend(cfg.backend, "cpu", export_checkpoint(path, log=lambda _: None))
+    choice = choose_backend(backend, "cpu", export_checkpoint(path, log=lambda _: None))
     return f"{choice.name} ({choice.reason})"
-
-
-def check_cpu_budget(cfg: YnatConfig, cluster_cpus: float, node_cpus: list[float] | None = None) -> None:
-    """CPU actors plus one read and one write task must fit the cluster, and each actor one node, or Ray Data
-    would wait forever.
-
-    GPU actors are not checked: on an autoscaling cluster their nodes (and CPUs) appear once requested.
-    """
-    from ynat_ray.resources import PlacementError, describe_nodes
-
-    if cfg.actor_gpus == 0 and node_cpus and cfg.actor_cpus > max(node_cpus):
-        raise PlacementError(f"--actor_cpus {cfg.actor_cpus:g} fits no node: the cluster has {describe_nodes(node_cpus)}")
-    need = cfg.num_actors * cfg.actor_cpus + READ_CPUS + WRITE_CPUS
-    if cfg.actor_gpus == 0 and need > cluster_cpus:
-        raise PlacementError(
-            f"{cfg.num_actors} actor(s) x {cfg.actor_cpus:g} CPU + {READ_CPUS + WRITE_CPUS:g} CPU for reading/writing needs "
-            f"{need:g} CPUs but the cluster has {cluster_cpus:g}; lower --num_actors or --actor_cpus "
-            f"(e.g. --actor_cpus {max(0.25, (cluster_cpus - READ_CPUS - WRITE_CPUS) / cfg.num_actors):.2f})"
-        )
 
 
 def default_quarantine_path(output: str) -> str:
@@ -171,7 +146,7 @@ def _remove(uri: str) -> None:
         fs.rm(path, recursive=True)
 
 
-def prepare_output(cfg: YnatConfig, quarantine: str) -> bool:
+def prepare_output(job: BatchArgs, quarantine: str) -> bool:
     """Refuse a non-empty output directory unless --overwrite or it belongs to an unfinished run of the same
     output (`mark_in_progress`); clear a stale quarantine file. Returns True when this run resumes one.
 
@@ -180,19 +155,19 @@ def prepare_output(cfg: YnatConfig, quarantine: str) -> bool:
     """
     import fsspec
 
-    output, marker = cfg.output or "", in_progress_path(cfg.output or "")
+    output, marker = job.output or "", in_progress_path(job.output or "")
     mfs, mpath = fsspec.core.url_to_fs(marker)
-    resuming = mfs.exists(mpath) and not cfg.overwrite
+    resuming = mfs.exists(mpath) and not job.overwrite
     fs, path = fsspec.core.url_to_fs(output)
     if fs.exists(path) and (not fs.isdir(path) or fs.ls(path)):
         # (an object store may list the folder's own marker object, "bucket/preds/", among its files)
         found = [p for p in (fs.find(path) if fs.isdir(path) else [path]) if p.rstrip("/") != path.rstrip("/")]
         foreign = [p for p in found if not p.endswith(OUTPUT_SUFFIXES)]
-        if foreign and (cfg.overwrite or resuming):
+        if foreign and (job.overwrite or resuming):
             raise FileExistsError(f"{output} holds files that are not predictions (e.g. {foreign[0]}); refusing to overwrite it")
-        if not cfg.overwrite and not resuming:
+        if not job.overwrite and not resuming:
             raise FileExistsError(f"{output} already exists and is not empty; pass --overwrite to replace it or pick a new --output")
-        if cfg.overwrite:
+        if job.overwrite:
             fs.rm(path, recursive=True)
     qfs, qpath = fsspec.core.url_to_fs(quarantine)
     if qfs.exists(qpath):
@@ -200,12 +175,12 @@ def prepare_output(cfg: YnatConfig, quarantine: str) -> bool:
     return resuming
 
 
-def mark_in_progress(cfg: YnatConfig) -> None:
+def mark_in_progress(job: BatchArgs) -> None:
     """Written just before the first prediction file can be: from here on, a stopped run is one to resume."""
     import fsspec
 
-    with fsspec.open(in_progress_path(cfg.output or ""), "w") as fh:
-        json.dump({"input": cfg.input, "output": cfg.output, "output_format": cfg.output_format}, fh)
+    with fsspec.open(in_progress_path(job.output or ""), "w") as fh:
+        json.dump({"input": job.input, "output": job.output, "output_format": job.output_format}, fh)
 
 
 def written_row_ids(output: str, output_format: str) -> np.ndarray:
@@ -242,36 +217,44 @@ def preserved_order() -> Iterator[None]:
         options.preserve_order = before
 
 
-def build_dataset(cfg: YnatConfig, files: list[str], ledger: Any, done: np.ndarray | None = None) -> Any:
+def build_dataset(cfg: BatchConfig, files: list[str], ledger: Any, done: np.ndarray | None = None) -> Any:
     """The lazy Ray Dataset: file list -> validated rows (less the row_ids in `done`) -> predictions (written by
-    `write_output`)."""
+    `write_output`). Each actor receives only its engine options, its resources and the columns it writes."""
     import ray
 
-    source = YnatFilesDatasource(files, cfg, ledger, with_row_id=True, skip_row_ids=done)
+    job = cfg.batch
+    source = YnatFilesDatasource(files, cfg.rows, ledger, with_row_id=True, skip_row_ids=done)
     ds = ray.data.read_datasource(source, num_cpus=READ_CPUS)
     return ds.map_batches(
         Predictor,
-        fn_constructor_kwargs={"cfg": cfg},
-        compute=ray.data.ActorPoolStrategy(size=cfg.num_actors),
-        num_cpus=cfg.actor_cpus,
-        num_gpus=cfg.actor_gpus or None,
-        batch_size=max(ROWS_PER_CALL, cfg.eval_batch_size),
+        fn_constructor_kwargs={
+            "engine": cfg.engine,
+            "cpus": job.actor_cpus,
+            "gpus": job.actor_gpus,
+            "text_column": cfg.rows.text_column,
+            "eval_batch_size": job.eval_batch_size,
+            "all_scores": job.all_scores,
+        },  # fmt: skip
+        compute=ray.data.ActorPoolStrategy(size=job.num_actors),
+        num_cpus=job.actor_cpus,
+        num_gpus=job.actor_gpus or None,
+        batch_size=max(ROWS_PER_CALL, job.eval_batch_size),
         batch_format="pyarrow",
         udf_modifying_row_count=False,
     )
 
 
-def write_output(ds: Any, cfg: YnatConfig) -> None:
+def write_output(ds: Any, job: BatchArgs) -> None:
     remote = {"num_cpus": WRITE_CPUS}
-    if cfg.output_format == "parquet":
-        ds.write_parquet(cfg.output, min_rows_per_file=cfg.rows_per_file, ray_remote_args=remote)
+    if job.output_format == "parquet":
+        ds.write_parquet(job.output, min_rows_per_file=job.rows_per_file, ray_remote_args=remote)
     else:
         from ray.data.datasource import FilenameProvider
 
         ds.write_json(
-            cfg.output,
+            job.output,
             filename_provider=FilenameProvider(file_format="jsonl"),
-            min_rows_per_file=cfg.rows_per_file,
+            min_rows_per_file=job.rows_per_file,
             ray_remote_args=remote,
             force_ascii=False,  # Korean stays readable
         )
@@ -345,7 +328,7 @@ def scan_output(output: str, output_format: str, inputs: list[str], resumed: boo
     return scan
 
 
-def execute(cfg: YnatConfig, files: list[str], done: np.ndarray | None = None) -> tuple[float, int, list[BadRow]]:
+def execute(cfg: BatchConfig, files: list[str], done: np.ndarray | None = None) -> tuple[float, int, list[BadRow]]:
     """Run the pipeline to the written files: (seconds, input rows, skipped rows).
 
     On failure the partial output is deleted, and a read task's DataValidationError is re-raised as itself.
@@ -359,13 +342,13 @@ def execute(cfg: YnatConfig, files: list[str], done: np.ndarray | None = None) -
     started = time.perf_counter()
     try:
         with preserved_order():
-            write_output(build_dataset(cfg, files, ledger, done), cfg)
+            write_output(build_dataset(cfg, files, ledger, done), cfg.batch)
         seconds = time.perf_counter() - started
         input_rows, bad = ray.get(ledger.totals.remote())
     except Exception as err:
         validation = unwrap_validation_error(err)
         if validation is not None:
-            remove_output(cfg.output)  # a data error: never leave a partial result (a rerun must not resume past it)
+            remove_output(cfg.batch.output or "")  # a data error: never leave a partial result (a rerun must not resume past it)
             raise DataValidationError(validation.source, validation.row, validation.field, validation.reason) from None
         print("[ynat-ray] predict-batch failed; run the same command again to resume (or pass --overwrite to start over)", flush=True)
         raise
@@ -374,40 +357,39 @@ def execute(cfg: YnatConfig, files: list[str], done: np.ndarray | None = None) -
     return seconds, input_rows, bad
 
 
-def run_batch_prediction(cfg: YnatConfig) -> dict[str, Any]:
+def run_batch_prediction(cfg: BatchConfig) -> dict[str, Any]:
     """Everything `ynat-ray predict-batch` / `jobs/predict.py` do; returns the printed summary as a dict."""
     import ray
 
     from ynat_ray.cluster import init_ray
-    from ynat_ray.metrics import classification_metrics, format_report
-    from ynat_ray.resources import alive_node_cpus
+    from ynat_ray.metrics import classification_metrics
+    from ynat_ray.resources import alive_node_cpus, check_actor_budget
 
     check_config(cfg)
-    files = expand_paths(cfg.input)
-    quarantine = cfg.quarantine_path or default_quarantine_path(cfg.output)
-    resuming = prepare_output(cfg, quarantine)
-    done = written_row_ids(cfg.output, cfg.output_format) if resuming else None
-    init_ray(verbose=cfg.verbose)
-    check_cpu_budget(cfg, ray.cluster_resources().get("CPU", 0.0), alive_node_cpus())
+    job = cfg.batch
+    output, files = job.output or "", expand_paths(job.input or "")
+    quarantine = cfg.rows.quarantine_path or default_quarantine_path(output)
+    resuming = prepare_output(job, quarantine)
+    done = written_row_ids(output, job.output_format) if resuming else None
+    init_ray(verbose=job.verbose)
+    check_actor_budget(job.num_actors, job.actor_cpus, job.actor_gpus, ray.cluster_resources().get("CPU", 0.0), alive_node_cpus())
     if done is not None:
-        print(f"[ynat-ray] resuming an unfinished run: {len(done)} row(s) already in {cfg.output} are kept, the rest predicted", flush=True)
+        print(f"[ynat-ray] resuming an unfinished run: {len(done)} row(s) already in {output} are kept, the rest predicted", flush=True)
     print(
-        f"[ynat-ray] predict-batch: {len(files)} file(s) from {cfg.input} -> {cfg.output} ({cfg.output_format}); "
-        f"{cfg.num_actors} actor(s) x {cfg.actor_cpus:g} CPU / {cfg.actor_gpus:g} GPU, batch {cfg.eval_batch_size}; "
+        f"[ynat-ray] predict-batch: {len(files)} file(s) from {job.input} -> {output} ({job.output_format}); "
+        f"{job.num_actors} actor(s) x {job.actor_cpus:g} CPU / {job.actor_gpus:g} GPU, batch {job.eval_batch_size}; "
         f"engine {prepare_engine(cfg)}",
         flush=True,
     )
-
-    mark_in_progress(cfg)
+    mark_in_progress(job)
     seconds, input_rows, bad = execute(cfg, files, done)
     quarantined = write_quarantine(bad, quarantine)
-    scan = scan_output(cfg.output, cfg.output_format, files, resumed=resuming)
+    scan = scan_output(output, job.output_format, files, resumed=resuming)
     if scan.rows != input_rows - quarantined:
         raise OutputMismatchError(f"wrote {scan.rows} rows but the input has {input_rows} rows and {quarantined} were quarantined")
-    _remove(in_progress_path(cfg.output))
-
+    _remove(in_progress_path(output))
     summary: dict[str, Any] = {
-        "input": cfg.input,
+        "input": job.input,
         "input_files": len(files),
         "input_rows": input_rows,
         "rows": scan.rows,
@@ -415,17 +397,24 @@ def run_batch_prediction(cfg: YnatConfig) -> dict[str, Any]:
         "quarantine_path": quarantine if quarantined else None,
         "seconds": seconds,
         "rows_per_s": scan.rows / seconds if seconds > 0 else 0.0,
-        "output": cfg.output,
+        "output": output,
         "output_files": scan.files,
         "metrics": classification_metrics(scan.gold, scan.predicted) if scan.gold else None,
     }
+    print_summary(summary, job.output_format)
+    return summary
+
+
+def print_summary(summary: dict[str, Any], output_format: str) -> None:
+    """The end-of-job block: rows written and quarantined, throughput, where the files are, gold-label scores."""
+    from ynat_ray.metrics import format_report
+
     print("\n" + "=" * 72)
-    print(f"rows         {scan.rows} written of {input_rows} read ({quarantined} quarantined)")
-    if quarantined:
-        print(f"quarantine   {quarantine}")
-    print(f"throughput   {summary['rows_per_s']:.1f} rows/s ({seconds:.1f} s end to end, model loading included)")
-    print(f"output       {cfg.output}  ({len(scan.files)} {cfg.output_format} file(s))")
+    print(f"rows         {summary['rows']} written of {summary['input_rows']} read ({summary['quarantined']} quarantined)")
+    if summary["quarantined"]:
+        print(f"quarantine   {summary['quarantine_path']}")
+    print(f"throughput   {summary['rows_per_s']:.1f} rows/s ({summary['seconds']:.1f} s end to end, model loading included)")
+    print(f"output       {summary['output']}  ({len(summary['output_files'])} {output_format} file(s))")
     if summary["metrics"]:
         print(f"gold labels  {format_report(summary['metrics'])}")
     print("=" * 72, flush=True)
-    return summary

@@ -24,7 +24,6 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from ynat_ray import __version__
 from ynat_ray.errors import YnatError
 
 MODEL_FILE = "model.safetensors"
@@ -38,7 +37,6 @@ ONNX_INT8_FILE = "model.int8.onnx"
 PARITY_FILE = "parity.json"
 # Where exports of checkpoints we cannot write into (hub ids, read-only dirs) are cached, by content hash.
 CACHE_ENV = "YNAT_RAY_CACHE"
-DEFAULT_MAX_LENGTH = 64  # tokens; YNAT titles are ~20, so 64 truncates almost nothing
 
 
 class CheckpointError(YnatError):
@@ -47,7 +45,8 @@ class CheckpointError(YnatError):
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What inference needs to know about how a checkpoint was trained."""
+    """What inference needs to know about how a checkpoint was trained. `config` holds the run's data, model and
+    train option groups (`TrainConfig.run_spec_config`); checkpoints written before the groups hold one flat dict."""
 
     max_length: int | None
     model: str | None
@@ -76,16 +75,15 @@ class RunSpec:
 # Writing
 
 
-def save_checkpoint(path: str, model: Any, tokenizer: Any, cfg: Any, history: list[dict[str, Any]], state: dict[str, Any] | None) -> None:
+def save_checkpoint(
+    path: str, model: Any, tokenizer: Any, spec: RunSpec, history: list[dict[str, Any]], state: dict[str, Any] | None
+) -> None:
     """A Hugging Face directory pipeline() loads, plus the run spec, metrics and (optionally) resume state."""
     from transformers.utils import logging as hf_logging
-
-    from ynat_ray.labels import LABELS
 
     hf_logging.disable_progress_bar()  # "Writing model shards" once per epoch is noise in a training log
     model.save_pretrained(path)  # safetensors
     tokenizer.save_pretrained(path)
-    spec = RunSpec(max_length=cfg.train_max_length, model=cfg.model, labels=list(LABELS), version=__version__, config=cfg.to_dict())
     _write_json(os.path.join(path, RUN_SPEC_FILE), spec.to_json())
     _write_json(os.path.join(path, METRICS_FILE), history)
     if state is not None:
@@ -177,7 +175,7 @@ def resolve_checkpoint(spec: str) -> str:
     """
     if not spec:
         raise CheckpointError("no checkpoint given: pass --checkpoint DIR (a training run prints where its best checkpoint is)")
-    from ynat_ray.config import is_uri
+    from ynat_ray.config import is_uri, local_path
 
     if is_uri(spec):
         import ray.train
@@ -186,14 +184,14 @@ def resolve_checkpoint(spec: str) -> str:
             return ray.train.Checkpoint(spec).to_directory()
         except Exception as err:  # noqa: BLE001 - storage errors vary by filesystem
             raise CheckpointError(f"could not download checkpoint {spec}: {err}") from err
-    local = os.path.expanduser(spec.removeprefix("file://"))
+    local = os.path.expanduser(local_path(spec))
     if os.path.isdir(local):
         if not os.path.exists(os.path.join(local, CONFIG_FILE)):
             raise CheckpointError(f"checkpoint directory {spec} has no {CONFIG_FILE}; is it a Hugging Face model directory?")
         return os.path.abspath(local)
     if os.path.exists(local):
         raise CheckpointError(f"checkpoint {spec} is a file; pass the checkpoint directory")
-    if _looks_like_path(spec) or spec.startswith("file://"):
+    if _looks_like_path(spec) or local != os.path.expanduser(spec):  # a path, or given as file://
         raise CheckpointError(f"checkpoint directory {spec} does not exist")
     return _download_from_hub(spec)
 
@@ -232,8 +230,8 @@ def _in_hub_cache(path: str) -> bool:
 def push_checkpoint(checkpoint_dir: str, repo_id: str, private: bool = False) -> str:
     """Upload model + tokenizer + run spec + metrics (+ ONNX exports), not the optimizer state; return the repo URL.
 
-    Needs a write token (`hf auth login` or HF_TOKEN). Offline, huggingface_hub raises a connection
-    error, which we pass on with the repo name.
+    Needs a write token (`hf auth login` or HF_TOKEN). A missing token, no network or a repo the token may not
+    write are the user's to fix: a `CheckpointError` naming the repo and huggingface_hub's reason.
     """
     from huggingface_hub import HfApi
 
@@ -247,5 +245,5 @@ def push_checkpoint(checkpoint_dir: str, repo_id: str, private: bool = False) ->
             commit_message="ynat-ray: upload fine-tuned YNAT classifier",
         )
     except Exception as err:  # noqa: BLE001
-        raise RuntimeError(f"could not push {checkpoint_dir} to the hub repo {repo_id!r}: {err}") from err
+        raise CheckpointError(f"could not push {checkpoint_dir} to the hub repo {repo_id!r}: {err}") from err
     return str(url)

@@ -1,7 +1,8 @@
-"""`ynat-ray` console script: train, evaluate, predict, serve, predict-batch.
+"""`ynat-ray` console script: train, tune, evaluate, predict, serve, predict-batch, export.
 
-Every command parses the same YnatConfig (see `ynat-ray <command> --help`), so a YAML file written for
-training also works for serving and batch prediction.
+Each command parses only its own option groups (`ynat_ray.config`; `ynat-ray <command> --help` lists them,
+grouped). A flag of another command is a one-line error naming that command; one YAML file may still hold
+options of several commands, so a training config also works for `serve`.
 """
 
 from __future__ import annotations
@@ -12,132 +13,126 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ynat_ray.config import UsageError, YnatConfig, build_parser, parse_config
-from ynat_ray.data import text_problem
+from ynat_ray.config import (
+    BatchConfig,
+    EvaluateConfig,
+    ExportConfig,
+    PredictConfig,
+    ServeConfig,
+    TrainConfig,
+    TuneConfig,
+    build_parser,
+    parse_command,
+)
+from ynat_ray.errors import UsageError, YnatError
 
 
-def _need_checkpoint(cfg: YnatConfig) -> str:
-    if not cfg.checkpoint:
+def _need_checkpoint(checkpoint: str | None) -> str:
+    if not checkpoint:
         raise UsageError("--checkpoint DIR is required (a training run prints where its best checkpoint is)")
-    return cfg.checkpoint
+    return checkpoint
 
 
-def classifier_for(cfg: YnatConfig) -> Any:
-    """The inference engine for `predict` / `evaluate`, saying on stderr which backend runs and why."""
-    from ynat_ray.inference import TextClassifier
+def local_engine(cfg: EvaluateConfig | PredictConfig) -> Any:
+    """The inference engine of a one-process command, saying on stderr which backend runs and why."""
+    from ynat_ray.inference import load_engine
 
-    clf = TextClassifier(
-        _need_checkpoint(cfg),
-        backend=cfg.backend,
-        use_gpu=cfg.use_gpu,
-        precision=cfg.precision,
-        max_length=cfg.max_length,
-        threads=cfg.threads,
+    _need_checkpoint(cfg.engine.checkpoint)
+    engine = load_engine(cfg.engine, cpus=cfg.local.threads, gpus=1.0 if cfg.local.use_gpu else 0.0)
+    print(
+        f"[ynat-ray] engine {engine.backend} ({engine.choice.reason}), max_length {engine.max_length}, {engine.threads} thread(s)",
+        file=sys.stderr,
     )
-    print(f"[ynat-ray] engine {clf.backend} ({clf.choice.reason}), max_length {clf.max_length}, {clf.threads} thread(s)", file=sys.stderr)
-    return clf
-
-
-def cmd_export(argv: list[str]) -> None:
-    from ynat_ray.checkpoint import resolve_checkpoint
-    from ynat_ray.data import embedded_split, read_rows
-    from ynat_ray.export import export_checkpoint
-
-    parser = build_parser(
-        "Export a checkpoint (local dir, URI or hub id) to ONNX fp32 + int8 and record their parity with torch. "
-        "Files go into <checkpoint>/onnx, or a cache keyed by the weights' hash when the checkpoint is not writable."
-    )
-    parser.add_argument("--force", action="store_true", help="Export again even if an up-to-date export exists.")
-    cfg, extra = parse_config(argv, parser)
-    path = resolve_checkpoint(_need_checkpoint(cfg))
-    rows = read_rows(cfg.validation_data, cfg) if cfg.validation_data else embedded_split("validation")
-    record = export_checkpoint(
-        path, texts=rows["title"].tolist(), labels=rows["label"].tolist(), max_length=cfg.max_length, threads=cfg.threads, force=extra.force
-    )
-    print(json.dumps(record, ensure_ascii=False, indent=2))
+    return engine
 
 
 def cmd_train(argv: list[str]) -> None:
     from ynat_ray.train import run_training
 
-    cfg, _ = parse_config(argv, build_parser("Fine-tune a YNAT topic classifier with Ray Train."))
+    cfg, _ = parse_command(TrainConfig, argv)
     run_training(cfg)
 
 
 def cmd_tune(argv: list[str]) -> None:
     from ynat_ray.tune import DEFAULT_SPACE, load_space, run_tune
 
-    parser = build_parser(
-        "Search training hyperparameters with Ray Tune (ASHA on validation macro-F1) over the same TorchTrainer loop. "
-        "Other options are fixed for every trial; writes results.csv, trials.png and best.yaml (for `train --config`)."
-    )
-    parser.add_argument("--space", default=DEFAULT_SPACE, help="YAML search space: YnatConfig keys, fixed or ranges.")
-    parser.add_argument("--num_samples", type=int, default=8, help="Trials to sample (with `grid` entries: samples per grid point).")
-    parser.add_argument("--max_concurrent_trials", type=int, default=None, help="Trials at once (default: what CPUs/GPUs hold).")
-    parser.add_argument("--grace_period", type=int, default=2, help="ASHA: epochs every trial runs before it can be stopped.")
-    parser.add_argument("--reduction_factor", type=int, default=2, help="ASHA: keep the best 1/N of trials at each rung.")
-    parser.add_argument("--trial_failures", type=int, default=1, help="Tune: times a failed trial is retried (workers: --max_failures).")
-    parser.add_argument("--out", default=None, help="Directory for results.csv, trials.png, best.yaml (default: the search's folder).")
+    parser = build_parser(TuneConfig)
     pre, _ = parser.parse_known_args(argv)
-    space = load_space(pre.space)
-    given = {a.split("=")[0][2:] for a in argv if a.startswith("--")}
+    space = load_space(pre.space or DEFAULT_SPACE)
+    given = {a[2:].split("=")[0] for a in argv if a.startswith("--")}
     clash = sorted(given & set(space.searched))
     if clash:
         raise UsageError(f"--{clash[0]} is searched by {space.path}; fix it there or drop the flag")
-    parser.set_defaults(**space.fixed)
-    cfg, extra = parse_config(argv, parser)
-    if extra.num_samples < 1:
+    cfg, _ = parse_command(TuneConfig, argv, parser, defaults=space.fixed)
+    if cfg.tune.num_samples < 1:
         raise UsageError("--num_samples must be at least 1")
-    run_tune(
-        cfg, space, num_samples=extra.num_samples, max_concurrent_trials=extra.max_concurrent_trials, grace_period=extra.grace_period,
-        reduction_factor=extra.reduction_factor, trial_failures=extra.trial_failures, out_dir=extra.out,
-    )  # fmt: skip
+    run_tune(cfg, space)
 
 
 def cmd_evaluate(argv: list[str]) -> None:
-    from ynat_ray.data import evaluation_rows, write_quarantine
-    from ynat_ray.metrics import classification_metrics, format_report
+    from ynat_ray.data.quarantine import write_quarantine
+    from ynat_ray.data.sources import evaluation_rows
+    from ynat_ray.metrics import format_report, score
 
-    parser = build_parser("Accuracy, macro-F1, per-class F1 and the confusion matrix of a checkpoint.")
+    parser = build_parser(EvaluateConfig)
     parser.add_argument("--json", action="store_true", help="Print the metrics as JSON instead of a table.")
-    cfg, extra = parse_config(argv, parser)
+    cfg, extra = parse_command(EvaluateConfig, argv, parser)
     bad: list = []
-    name, rows = evaluation_rows(cfg, bad)
+    name, rows = evaluation_rows(cfg.data, bad)
     if bad:
-        print(f"skipped {write_quarantine(bad, cfg.quarantine_path or 'quarantine.jsonl')} malformed row(s)", file=sys.stderr)
-    clf = classifier_for(cfg)
-    probs = clf.probabilities(rows["title"].tolist(), batch_size=cfg.eval_batch_size)
-    metrics = classification_metrics(rows["label"].tolist(), probs.argmax(1).tolist())
+        print(f"skipped {write_quarantine(bad, cfg.data.quarantine_path or 'quarantine.jsonl')} malformed row(s)", file=sys.stderr)
+    metrics, _ = score(local_engine(cfg), rows["title"].tolist(), rows["label"].tolist(), batch_size=cfg.local.eval_batch_size)
     print(json.dumps(metrics, ensure_ascii=False, indent=2) if extra.json else f"{name}: {format_report(metrics)}")
 
 
 def cmd_predict(argv: list[str]) -> None:
-    parser = build_parser("Classify titles given on the command line; prints pipeline-shaped output.")
+    from ynat_ray.data.validation import text_problem
+
+    parser = build_parser(PredictConfig)
     parser.add_argument("texts", nargs="+", help="One or more news titles.")
     parser.add_argument("--top_k", type=int, default=1, help="Labels per title (like pipeline(top_k=...)).")
-    cfg, extra = parse_config(argv, parser)
+    cfg, extra = parse_command(PredictConfig, argv, parser)
     for i, text in enumerate(extra.texts):
         problem = text_problem(text)
         if problem:
             raise UsageError(f"text {i + 1} ({text!r}) is {problem}" if problem != "empty" else f"text {i + 1} is empty")
-    clf = classifier_for(cfg)
-    print(json.dumps(clf(extra.texts, top_k=extra.top_k), ensure_ascii=False, indent=1))
+    engine = local_engine(cfg)
+    print(json.dumps(engine(extra.texts, top_k=extra.top_k), ensure_ascii=False, indent=1))
 
 
 def cmd_serve(argv: list[str]) -> None:
-    from ynat_ray.serving import run_server
+    from ynat_ray.serving.app import run_server
 
-    cfg, _ = parse_config(argv, build_parser("Serve a checkpoint over HTTP with Ray Serve (autoscaling, batching)."))
-    _need_checkpoint(cfg)
+    cfg, _ = parse_command(ServeConfig, argv)
+    _need_checkpoint(cfg.engine.checkpoint)
     run_server(cfg)
 
 
 def cmd_predict_batch(argv: list[str]) -> None:
     from ynat_ray.batch import run_batch_prediction
 
-    cfg, _ = parse_config(argv, build_parser("Score files with Ray Data (actor pool); writes parquet/jsonl."))
-    _need_checkpoint(cfg)
+    cfg, _ = parse_command(BatchConfig, argv)
+    _need_checkpoint(cfg.engine.checkpoint)
     run_batch_prediction(cfg)
+
+
+def cmd_export(argv: list[str]) -> None:
+    from ynat_ray.checkpoint import resolve_checkpoint
+    from ynat_ray.data.reading import read_rows
+    from ynat_ray.data.sources import embedded_split
+    from ynat_ray.export import export_checkpoint
+
+    parser = build_parser(ExportConfig)
+    parser.add_argument("--force", action="store_true", help="Export again even if an up-to-date export exists.")
+    cfg, extra = parse_command(ExportConfig, argv, parser)
+    path = resolve_checkpoint(_need_checkpoint(cfg.engine.checkpoint))
+    data = cfg.data
+    rows = read_rows(data.validation_data, data) if data.validation_data else embedded_split("validation")
+    record = export_checkpoint(
+        path, texts=rows["title"].tolist(), labels=rows["label"].tolist(), max_length=cfg.engine.max_length, threads=cfg.local.threads,
+        force=extra.force,
+    )  # fmt: skip
+    print(json.dumps(record, ensure_ascii=False, indent=2))
 
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
@@ -154,18 +149,19 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
 def user_error_types() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the user asked for something that cannot work": one line, exit 2, no traceback.
 
-    ValueError covers config checks (unknown keys, impossible CPU plans, bad values) and JSON/YAML files
-    that do not parse; the project's own error types say which file, row, field or path is wrong.
+    The product's own `YnatError`s (bad options, rows, checkpoints, placements), files that are missing or in
+    the way, and YAML that does not parse. Not `ValueError`: one raised inside pandas, pyarrow or numpy is a
+    bug, and its traceback is what fixes it.
     """
     import yaml
 
-    from ynat_ray.checkpoint import CheckpointError
-    from ynat_ray.config import UsageError
-    from ynat_ray.data import DataValidationError, HubUnavailableError
-    from ynat_ray.modeling import ModelLoadError
+    return (YnatError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError, yaml.YAMLError)
 
-    return (UsageError, CheckpointError, DataValidationError, HubUnavailableError, ModelLoadError, FileNotFoundError,
-            FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError, yaml.YAMLError, ValueError)  # fmt: skip
+
+def usage() -> None:
+    print("usage: ynat-ray <command> [options] [--debug]   (ynat-ray <command> --help for options)\n\ncommands:")
+    for name, (_, text) in COMMANDS.items():
+        print(f"  {name:<14} {text}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -176,9 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         if argv and argv[0] not in ("-h", "--help"):
             print(f"ynat-ray: error: unknown command {argv[0]!r}", file=sys.stderr)
-        print("usage: ynat-ray <command> [options] [--debug]   (ynat-ray <command> --help for options)\n\ncommands:")
-        for name, (_, text) in COMMANDS.items():
-            print(f"  {name:<14} {text}")
+        usage()
         sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)
     try:
         COMMANDS[argv[0]][0](argv[1:])

@@ -3,7 +3,7 @@
 Why one home: how a driver finds its cluster (a `ray job submit` driver gets RAY_ADDRESS; a laptop run
 starts a local cluster, or reuses a running one with `RAY_ADDRESS=auto`) and how loud Ray is on the
 console must not differ between train, serve and predict-batch. (Serve's HAProxy switch is not set here:
-it travels with the Serve controller's options, see `ynat_ray.serving.deploy`.)
+it travels with the Serve controller's options, see `ynat_ray.serving.app.deploy`.)
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ FALSE_ALARMS = {
 
 
 class _DropMessage(logging.Filter):
+    """Drops one logger's records that contain `text` (a known false alarm), keeping the rest of that logger."""
+
     def __init__(self, text: str):
         super().__init__()
         self.text = text
@@ -38,9 +40,9 @@ class _DropMessage(logging.Filter):
         return self.text not in record.getMessage()
 
 
-def init_ray(*, verbose: bool = False) -> bool:
+def init_ray(*, verbose: bool = False) -> None:
     """Join the cluster in RAY_ADDRESS (a `ray job submit` driver, or `RAY_ADDRESS=auto` to reuse a running
-    `ray start` cluster and skip start-up) or start a local one; return True when this call started one.
+    `ray start` cluster and skip start-up) or start a local one. Nothing happens when Ray is already up.
 
     Not verbose (the default): Ray's own INFO logs stay in its log files, off the console; warnings
     and errors still show. A cluster started here also quiets Ray Data's INFO lines in its workers; a
@@ -49,7 +51,7 @@ def init_ray(*, verbose: bool = False) -> bool:
     import ray
 
     if ray.is_initialized():
-        return False
+        return
     address = os.environ.get("RAY_ADDRESS") or None
     level = logging.INFO if verbose else logging.WARNING
     runtime_env = None if verbose or address else {"env_vars": dict(QUIET_WORKER_ENV)}
@@ -58,4 +60,3 @@ def init_ray(*, verbose: bool = False) -> bool:
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # this driver's Ray Data: execution plans, timings
         for name, text in FALSE_ALARMS.items():
             logging.getLogger(name).addFilter(_DropMessage(text))
-    return address is None

@@ -29,6 +29,7 @@ from ynat_ray.errors import UsageError
 
 EMBEDDED = "embedded"  # the YNAT subsample shipped in ynat_ray/assets
 HUB = "hub"  # datasets.load_dataset("klue", "ynat")
+DEFAULT_MAX_LENGTH = 64  # tokens training truncates to; YNAT titles are ~20, so 64 truncates almost nothing
 
 
 def _help(text: str, **kw: Any) -> Any:
@@ -141,8 +142,6 @@ class ModelArgs:
     @property
     def train_max_length(self) -> int:
         """The length training truncates to (inference reads the trained one back from the checkpoint)."""
-        from ynat_ray.checkpoint import DEFAULT_MAX_LENGTH
-
         return self.max_length or DEFAULT_MAX_LENGTH
 
 
@@ -243,7 +242,7 @@ class LimitArgs:
 
     _argument_group_name: ClassVar[str] = "replica limits (live-updatable)"
     max_batch_size: int = _help("@serve.batch: most texts in one forward pass.", default=32)
-    batch_wait_timeout_s: float = _help("@serve.batch: wait this long for a batch to fill (5 ms: best measured).", default=0.005)
+    batch_wait_timeout_s: float = _help("@serve.batch: wait this long for a batch to fill (docs/serving.md).", default=0.005)
     max_texts_per_request: int = _help("Most texts in one request (else 413).", default=64)
     max_chars_per_text: int = _help("Longer texts are truncated to this many characters (docs/serving.md).", default=2000)
     retry_after_s: float = _help("Retry-After header (seconds) sent with 503s for backpressure or a replica that just died.", default=1.0)
@@ -573,7 +572,9 @@ def _flag_names(argv: list[str]) -> list[str]:
     return [a[2:].split("=", 1)[0].replace("-", "_") for a in argv if a.startswith("--") and len(a) > 2]
 
 
-def parse_command(cls: type[C], argv: list[str] | None = None, parser: Any = None, defaults: dict[str, Any] | None = None) -> tuple[C, argparse.Namespace]:
+def parse_command(
+    cls: type[C], argv: list[str] | None = None, parser: Any = None, defaults: dict[str, Any] | None = None
+) -> tuple[C, argparse.Namespace]:
     """Parse argv into (command config, namespace of extra arguments the caller added to `parser`).
 
     Order of precedence: flags, then the `--config` file (only the keys this command takes), then `defaults`
@@ -581,7 +582,7 @@ def parse_command(cls: type[C], argv: list[str] | None = None, parser: Any = Non
     """
     parser = parser or build_parser(cls)
     argv = list(sys.argv[1:] if argv is None else argv)
-    extras = {a.dest for a in parser._actions} - set(cls.options()) - {"help"}
+    extras = {a.dest for a in parser._actions}  # --help, --config and the caller's own arguments
     check_options(cls, [n for n in _flag_names(argv) if n not in extras and n.removeprefix("no_") not in cls.options()])
     pre, _ = parser.parse_known_args(argv)
     values = dict(defaults or {})

@@ -3,7 +3,7 @@ the affinity mask.
 
 Why one module: bf16 autocast (`precision`), the int8 quantization settings (`export`), the engine's thread
 count (`inference`) and the benchmarks' machine description all decide from the same facts; decided from
-constants instead, an AVX2-only machine ran bf16 7-9x slower than fp32.
+constants instead, an AVX2-only machine ran bf16 several times slower than fp32 (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """ONNX Runtime exports of a checkpoint (fp32 and dynamic int8) and the parity record that vouches for them.
 
-Why ONNX Runtime: on CPU, a YNAT title is ~20 tokens, so a forward pass is a few small matmuls and torch's
-per-op overhead dominates. At batch 1 (a Serve replica's usual case) ORT ran ynat-tiny ~2.5x faster than
-torch in fp32 and ~3x with int8 weights; at batch 32 the gap narrows to int8's ~1.4x less CPU per title.
+Why ONNX Runtime: on CPU, a YNAT title is a few dozen tokens at most, so a forward pass is a few small matmuls
+and torch's per-op overhead dominates. ORT runs single titles (a Serve replica's usual case) several times
+faster than torch, and int8 weights cut the CPU per title further (docs/engine.md has the measurements).
 Why a parity record (`parity.json`): a faster engine is only used where it was shown, on real validation
 rows and on this machine's kernels, to give the same answers; `inference.choose_backend` reads it.
 
@@ -36,8 +36,10 @@ from ynat_ray.checkpoint import (
     read_run_spec,
 )
 from ynat_ray.cpu import cpu_flags, threads_for
+from ynat_ray.errors import YnatError
 from ynat_ray.features import encode_texts
-from ynat_ray.inference import softmax
+from ynat_ray.metrics import classification_metrics
+from ynat_ray.runners import OrtRunner, Runner, TorchRunner, softmax
 
 FP32_MAX_ABS_DIFF = 1e-4  # softmax probabilities, ONNX fp32 vs torch fp32
 INT8_MIN_AGREEMENT = 0.99  # share of int8 labels equal to the torch fp32 labels
@@ -47,9 +49,8 @@ PARITY_BATCH = 64
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
 SETTINGS_KEYS = ("weight_type", "reduce_range", "per_channel", "op_types")  # what the int8 file depends on
 # Only the linear layers. ORT's default also quantizes the embedding tables (Gather): no faster (a lookup
-# is not arithmetic), and it doubled the largest probability error on KLUE validation (0.082 vs 0.038).
+# is not arithmetic), and less accurate (docs/engine.md).
 INT8_OP_TYPES = ("MatMul",)
-DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]  # see ort_session
 
 
 # ---------------------------------------------------------------------------------------------
@@ -63,12 +64,9 @@ def int8_settings(flags: frozenset[str] | set[str] | None = None) -> dict[str, A
     VPMADDUBSW, which adds pairs of products into int16 and saturates; VNNI (VPDPBUSD) adds into int32.
     So: VNNI -> int8 weights at full range (exact, fastest). No VNNI -> int8 weights with reduce_range:
     7-bit weights keep a pair of products inside int16 (2 x 255 x 64 < 32767), so nothing saturates.
-    Measured on ynat-tiny and KLUE validation rows, the no-VNNI CPU emulated by `qemu-x86_64 -cpu Haswell`:
-    full-range U8S8 lost VNNI's exactness (largest probability error 0.038 -> 0.074, macro-F1 -0.002),
-    while U8S8 + reduce_range and U8U8 (uint8 weights) gave bit-identical outputs with and without VNNI.
-    Those two were equally accurate (99.8% label agreement with fp32, macro-F1 within 0.0005), and
-    U8S8 + reduce_range was the faster kernel (U8U8 took 20-50% more CPU per title at batch 8-32 here, and
-    60% longer under emulation), so it is the no-VNNI choice. Per-channel scales agreed no better.
+    Under an emulated no-VNNI CPU, full-range U8S8 lost VNNI's exactness, while U8S8 + reduce_range gave
+    outputs bit-identical to VNNI's; U8U8 (uint8 weights) was as exact but a slower kernel, and per-channel
+    scales agreed no better (docs/engine.md, "Export and parity", has the measurements).
     No /proc/cpuinfo (macOS): the no-VNNI choice, which is exact on every kernel.
     """
     flags = cpu_flags() if flags is None else frozenset(flags)
@@ -108,13 +106,6 @@ def _atomic_path(final: str) -> Iterator[str]:
             os.remove(tmp)
 
 
-def _load_classifier(checkpoint_dir: str) -> Any:
-    """The checkpoint's torch model in eval mode (the project's one quiet loader)."""
-    from ynat_ray.modeling import load_classifier
-
-    return load_classifier(checkpoint_dir)
-
-
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
     """Silence torch.onnx's chatter for one export, on purpose.
@@ -141,15 +132,17 @@ def export_onnx(checkpoint_dir: str, out_path: str, max_length: int) -> str:
     Inputs `input_ids` and `attention_mask` (int64, [batch, sequence]), output `logits` ([batch, labels]).
     The torch.export-based exporter (dynamo=True, torch's default since 2.9) with `dynamic_shapes`: the
     legacy TorchScript tracer bakes transformers' Python-side mask checks in as constants (TracerWarnings)
-    and gives a graph with 2.5x as many nodes. Opset: the exporter's default (20 in torch 2.13), which has
+    and gives a much larger graph. Opset: the exporter's default (20 in torch 2.13), which has
     native LayerNormalization and Gelu. One file, no external data: a 2 GB-free model needs none, and one
     file can be renamed atomically.
     """
     import torch
 
+    from ynat_ray.modeling import load_classifier
+
     # Plain autograd mode even when called under inference_mode (torch.export cannot trace inference tensors).
     with torch.inference_mode(False):
-        return _export(_load_classifier(checkpoint_dir), out_path, max_length)
+        return _export(load_classifier(checkpoint_dir), out_path, max_length)
 
 
 def _export(model: Any, out_path: str, max_length: int) -> str:
@@ -216,30 +209,6 @@ def quantize_int8(fp32_path: str, int8_path: str, settings: dict[str, Any]) -> s
     return int8_path
 
 
-def ort_session(path: str, threads: int) -> Any:
-    """A CPU InferenceSession: `threads` intra-op threads, one inter-op thread, sequential, all graph optimisations
-    but one.
-
-    SkipLayerNormFusion off: ORT 1.31's fused CPU SkipLayerNormalization kernel was slower than the
-    Add + LayerNormalization it replaces: with it off, CPU time per title fell 35% for int8 and 17% for fp32
-    on ynat-tiny (batch 32, 1 thread), 33% / 12% on ynat-small; outputs are unchanged (parity checks it).
-    Spinning off: idle intra-op workers otherwise busy-wait between runs, burning a whole core per thread
-    that another replica, the HTTP proxy or tokenization needs. With 2 threads, spinning bought ~20% more
-    titles/s at batch 1 and nothing measurable at batch 32, while holding both cores busy (2.0 vs 1.3 cores
-    at batch 1, ~15% more CPU per title). With threads=1 (Serve's default) there is no pool to spin.
-    """
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, int(threads))
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"], disabled_optimizers=DISABLED_OPTIMIZERS)
-
-
 # ---------------------------------------------------------------------------------------------
 # Parity
 
@@ -247,56 +216,23 @@ def ort_session(path: str, threads: int) -> Any:
 def check_parity(
     checkpoint_dir: str, onnx_dir: str, texts: Sequence[str], labels: Sequence[int] | None, max_length: int, threads: int
 ) -> dict[str, Any]:
-    """Compare torch fp32, ONNX fp32 and ONNX int8 on the same padded batches of `texts`.
+    """Compare torch fp32, ONNX fp32 and ONNX int8 on the same padded batches of `texts`; return the record.
 
-    fp32 passes when no softmax probability differs from torch's by more than 1e-4. int8 passes when its
-    labels agree with torch fp32 on >= 99% of rows and (with gold `labels`) its macro-F1 is at most 0.005
-    below fp32's. `threads` sizes the ORT sessions; torch's process-wide thread count is left alone, since
-    this runs inside Serve replicas that have set it already.
+    fp32 passes when no softmax probability differs from torch's by more than FP32_MAX_ABS_DIFF. int8 passes
+    when its labels agree with torch fp32 on at least INT8_MIN_AGREEMENT of rows and (with gold `labels`) its
+    macro-F1 is at most INT8_MAX_F1_DROP below fp32's. `threads` sizes the ORT sessions.
     """
     import onnxruntime as ort
     import torch
-    from transformers import AutoTokenizer
-
-    from ynat_ray.metrics import classification_metrics
 
     if not texts:
-        raise ValueError("check_parity needs at least one text")
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, trust_remote_code=False)
-    model = _load_classifier(checkpoint_dir)
-    fp32 = ort_session(os.path.join(onnx_dir, ONNX_FP32_FILE), threads)
-    int8 = ort_session(os.path.join(onnx_dir, ONNX_INT8_FILE), threads)
-    probs: dict[str, list[np.ndarray]] = {"torch": [], "onnx": [], "int8": []}
-    for start in range(0, len(texts), PARITY_BATCH):
-        enc = encode_texts(tokenizer, texts[start : start + PARITY_BATCH], max_length, return_tensors="np")
-        feed = {name: np.asarray(value, dtype=np.int64) for name, value in enc.items()}
-        with torch.inference_mode():
-            logits = model(**{name: torch.from_numpy(value) for name, value in feed.items()}).logits.float().numpy()
-        probs["torch"].append(softmax(logits))
-        probs["onnx"].append(softmax(fp32.run(["logits"], feed)[0]))
-        probs["int8"].append(softmax(int8.run(["logits"], feed)[0]))
-    p = {name: np.concatenate(chunks) for name, chunks in probs.items()}
-    pred = {name: value.argmax(axis=-1) for name, value in p.items()}
-    record: dict[str, Any] = {
-        "rows": len(texts),
-        "max_length": int(max_length),
-        "threads": int(threads),
-        "fp32_max_abs_diff": float(np.abs(p["onnx"] - p["torch"]).max()),
-        "fp32_label_agreement": float((pred["onnx"] == pred["torch"]).mean()),
-        "int8_max_abs_diff": float(np.abs(p["int8"] - p["torch"]).max()),
-        "int8_label_agreement": float((pred["int8"] == pred["torch"]).mean()),
-    }
+        raise YnatError("the ONNX parity check needs at least one validation row, and the validation data has none")
+    probs = _parity_probabilities(checkpoint_dir, onnx_dir, texts, max_length, threads)
+    record: dict[str, Any] = {"rows": len(texts), "max_length": int(max_length), "threads": int(threads), **_agreement(probs)}
     f1_ok = True
     if labels is not None:
-        gold = np.asarray(labels, dtype=np.int64)
-        torch_m, int8_m = classification_metrics(gold, pred["torch"]), classification_metrics(gold, pred["int8"])
-        record.update(
-            fp32_accuracy=torch_m["accuracy"],
-            fp32_macro_f1=torch_m["macro_f1"],
-            int8_accuracy=int8_m["accuracy"],
-            int8_macro_f1=int8_m["macro_f1"],
-        )
-        f1_ok = int8_m["macro_f1"] >= torch_m["macro_f1"] - INT8_MAX_F1_DROP
+        record.update(_label_scores(labels, probs))
+        f1_ok = record["int8_macro_f1"] >= record["fp32_macro_f1"] - INT8_MAX_F1_DROP
     record["fp32_ok"] = record["fp32_max_abs_diff"] <= FP32_MAX_ABS_DIFF
     record["int8_ok"] = bool(record["fp32_ok"] and record["int8_label_agreement"] >= INT8_MIN_AGREEMENT and f1_ok)
     record["thresholds"] = {
@@ -308,6 +244,51 @@ def check_parity(
     record["int8_settings"] = int8_settings()
     record["versions"] = {"torch": torch.__version__, "onnxruntime": ort.__version__}
     return record
+
+
+def _parity_probabilities(checkpoint_dir: str, onnx_dir: str, texts: Sequence[str], max_length: int, threads: int) -> dict[str, np.ndarray]:
+    """Softmax probabilities of torch fp32 ("torch"), ONNX fp32 ("onnx") and ONNX int8 ("int8"), in input order.
+
+    Run by the engine's own runners (`inference.TorchRunner`, `OrtRunner`), so the record vouches for the code
+    that serves. Torch's process-wide thread count is left alone (`threads=None`): this runs inside Serve
+    replicas and batch actors that have set it already.
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, trust_remote_code=False)
+    runners: dict[str, Runner] = {
+        "torch": TorchRunner(checkpoint_dir, torch.device("cpu"), "fp32", threads=None),
+        "onnx": OrtRunner(os.path.join(onnx_dir, ONNX_FP32_FILE), threads),
+        "int8": OrtRunner(os.path.join(onnx_dir, ONNX_INT8_FILE), threads),
+    }
+    chunks: dict[str, list[np.ndarray]] = {name: [] for name in runners}
+    for start in range(0, len(texts), PARITY_BATCH):
+        enc = encode_texts(tokenizer, texts[start : start + PARITY_BATCH], max_length, return_tensors="np")
+        ids, mask = (np.asarray(enc[key], dtype=np.int64) for key in ("input_ids", "attention_mask"))
+        for name, run in runners.items():
+            chunks[name].append(softmax(run(ids, mask)))
+    return {name: np.concatenate(parts) for name, parts in chunks.items()}
+
+
+def _agreement(probs: dict[str, np.ndarray]) -> dict[str, float]:
+    """How far each ONNX graph is from torch fp32: the largest probability difference and the label agreement."""
+    torch_labels = probs["torch"].argmax(axis=-1)
+    out: dict[str, float] = {}
+    for name, key in (("onnx", "fp32"), ("int8", "int8")):
+        out[f"{key}_max_abs_diff"] = float(np.abs(probs[name] - probs["torch"]).max())
+        out[f"{key}_label_agreement"] = float((probs[name].argmax(axis=-1) == torch_labels).mean())
+    return out
+
+
+def _label_scores(labels: Sequence[int], probs: dict[str, np.ndarray]) -> dict[str, float]:
+    """Accuracy and macro-F1 of torch fp32 (recorded as "fp32") and ONNX int8 against the gold labels."""
+    gold = np.asarray(labels, dtype=np.int64)
+    out: dict[str, float] = {}
+    for name, key in (("torch", "fp32"), ("int8", "int8")):
+        metrics = classification_metrics(gold, probs[name].argmax(axis=-1))
+        out[f"{key}_accuracy"], out[f"{key}_macro_f1"] = metrics["accuracy"], metrics["macro_f1"]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,29 +365,52 @@ def export_checkpoint(
         if not force and (record := _up_to_date(onnx_dir, digest, settings)) is not None:
             log(f"[ynat-ray] onnx: exported meanwhile by another process, in {onnx_dir}")
             return record
-        if max_length is None:
-            from transformers import AutoConfig, AutoTokenizer
-
-            config = AutoConfig.from_pretrained(checkpoint_dir, trust_remote_code=False)
-            tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, trust_remote_code=False)
-            max_length = inference_max_length(read_run_spec(checkpoint_dir), config, tokenizer, None)
         if texts is None:
-            from ynat_ray.data import embedded_split
-
-            rows = embedded_split("validation")
-            texts, labels = rows["title"].tolist(), rows["label"].tolist()
-        threads = threads_for(threads)
-        started = time.perf_counter()
-        fp32_path = export_onnx(checkpoint_dir, os.path.join(onnx_dir, ONNX_FP32_FILE), max_length)
-        quantize_int8(fp32_path, os.path.join(onnx_dir, ONNX_INT8_FILE), settings)
-        record = check_parity(checkpoint_dir, onnx_dir, list(texts), labels, max_length, threads)
-        record["onnx_dir"] = onnx_dir
-        record["export_s"] = round(time.perf_counter() - started, 2)
-        with _atomic_path(os.path.join(onnx_dir, PARITY_FILE)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(record, fh, ensure_ascii=False, indent=2)
-    log(
-        f"[ynat-ray] onnx: exported to {onnx_dir} in {record['export_s']:.1f}s; fp32 max|dp| {record['fp32_max_abs_diff']:.1e} "
-        f"({'ok' if record['fp32_ok'] else 'FAILED'}), int8 agreement {record['int8_label_agreement']:.2%} "
-        f"({'ok' if record['int8_ok'] else 'FAILED'}) on {record['rows']} rows"
-    )
+            texts, labels = _embedded_validation()
+        if max_length is None:
+            max_length = _trained_max_length(checkpoint_dir)
+        record = _export_and_check(checkpoint_dir, onnx_dir, settings, list(texts), labels, max_length, threads_for(threads))
+    log(_summary(record))
     return record
+
+
+def _embedded_validation() -> tuple[list[str], list[int]]:
+    """The embedded validation rows: what parity is checked on when the caller brings none."""
+    from ynat_ray.data.sources import embedded_split
+
+    rows = embedded_split("validation")
+    return rows["title"].tolist(), rows["label"].tolist()
+
+
+def _trained_max_length(checkpoint_dir: str) -> int:
+    """The max_length inference uses for this checkpoint (its run spec's, else its tokenizer's and model's limits)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(checkpoint_dir, trust_remote_code=False)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir, trust_remote_code=False)
+    return inference_max_length(read_run_spec(checkpoint_dir), config, tokenizer, None)
+
+
+def _export_and_check(
+    checkpoint_dir: str, onnx_dir: str, settings: dict[str, Any], texts: list[str], labels: Sequence[int] | None, max_length: int,
+    threads: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Both graphs, their parity record and parity.json, written into `onnx_dir` (under the caller's lock)."""
+    started = time.perf_counter()
+    fp32_path = export_onnx(checkpoint_dir, os.path.join(onnx_dir, ONNX_FP32_FILE), max_length)
+    quantize_int8(fp32_path, os.path.join(onnx_dir, ONNX_INT8_FILE), settings)
+    record = check_parity(checkpoint_dir, onnx_dir, texts, labels, max_length, threads)
+    record["onnx_dir"] = onnx_dir
+    record["export_s"] = round(time.perf_counter() - started, 2)
+    with _atomic_path(os.path.join(onnx_dir, PARITY_FILE)) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(record, fh, ensure_ascii=False, indent=2)
+    return record
+
+
+def _summary(record: dict[str, Any]) -> str:
+    """One log line: where the export went and whether each graph passed parity."""
+    return (
+        f"[ynat-ray] onnx: exported to {record['onnx_dir']} in {record['export_s']:.1f}s; fp32 max|dp| "
+        f"{record['fp32_max_abs_diff']:.1e} ({'ok' if record['fp32_ok'] else 'FAILED'}), int8 agreement "
+        f"{record['int8_label_agreement']:.2%} ({'ok' if record['int8_ok'] else 'FAILED'}) on {record['rows']} rows"
+    )

@@ -3,8 +3,8 @@
 Tokenize-and-pad lives here only: the training collate, `TextClassifier`, Serve and batch jobs all call
 `encode_texts` / `pad_token_ids`, so every path pads the way the tokenizer says (pad id, padding side).
 
-Why pad per batch: YNAT titles are ~20 tokens. The notebook padded every title to 512, so ~95% of
-each forward pass was padding. Here Ray Data stores unpadded token ids and the collate function pads
+Why pad per batch: YNAT titles are a few dozen tokens at most. The notebook padded every title to 512, so
+nearly all of each forward pass was padding. Here Ray Data stores unpadded token ids and the collate function pads
 each batch only to its own longest title.
 """
 

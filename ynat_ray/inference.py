@@ -21,24 +21,20 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ynat_ray.checkpoint import inference_max_length, read_run_spec, resolve_checkpoint
 from ynat_ray.cpu import threads_for
+from ynat_ray.errors import UsageError
+from ynat_ray.runners import OrtRunner, Runner, TorchRunner, softmax
 
 if TYPE_CHECKING:
     from ynat_ray.config import EngineArgs
 
 logger = logging.getLogger("ynat_ray")
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax in float32, shifted by the row max so large logits cannot overflow."""
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def format_predictions(probs: np.ndarray, id2label: dict[int, str], top_k: int | None = 1) -> list[list[dict[str, Any]]]:
@@ -59,10 +55,10 @@ class BackendChoice:
 def choose_backend(requested: str, device_type: str, parity: dict[str, Any] | None) -> BackendChoice:
     """Resolve `--backend` for this device and the export's parity record (None: no export)."""
     if requested not in BACKENDS:
-        raise ValueError(f"unknown backend {requested!r}; choose one of {', '.join(BACKENDS)}")
+        raise UsageError(f"unknown backend {requested!r}; choose one of {', '.join(BACKENDS)}")
     if requested != "auto":
         if requested != "torch" and device_type == "cuda":
-            raise ValueError(f"--backend {requested} runs on CPU only; use --backend torch (or auto) on a GPU")
+            raise UsageError(f"--backend {requested} runs on CPU only; use --backend torch (or auto) on a GPU")
         return BackendChoice(requested, "asked for with --backend")
     if device_type == "cuda":
         return BackendChoice("torch", "auto: GPU, so torch")
@@ -77,48 +73,6 @@ def choose_backend(requested: str, device_type: str, parity: dict[str, Any] | No
     if parity.get("fp32_ok"):
         return BackendChoice("onnx", "auto: CPU; int8 failed its parity check, so ONNX fp32")
     return BackendChoice("torch", "auto: CPU; the ONNX export failed its parity check, so torch")
-
-
-class Runner(Protocol):
-    """A backend: padded token ids in, float32 logits out."""
-
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...
-
-
-class TorchRunner:
-    """The Hugging Face model under inference_mode (bf16 autocast where the hardware has bf16 units)."""
-
-    def __init__(self, path: str, device: Any, precision: str, threads: int):
-        import torch
-
-        from ynat_ray.modeling import load_classifier
-
-        if device.type == "cpu":
-            torch.set_num_threads(threads)
-        self.torch, self.device, self.precision = torch, device, precision
-        self.model = load_classifier(path).to(device)
-
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        from ynat_ray.precision import autocast
-
-        torch = self.torch
-        with torch.inference_mode(), autocast(self.precision, self.device.type):
-            ids = torch.from_numpy(input_ids).to(self.device)
-            mask = torch.from_numpy(attention_mask).to(self.device)
-            return self.model(input_ids=ids, attention_mask=mask).logits.float().cpu().numpy()
-
-
-class OrtRunner:
-    """An ONNX Runtime session over the exported graph (fp32 or int8)."""
-
-    def __init__(self, onnx_path: str, threads: int):
-        from ynat_ray.export import ort_session
-
-        self.session = ort_session(onnx_path, threads)
-
-    def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        feed = {"input_ids": input_ids.astype(np.int64, copy=False), "attention_mask": attention_mask.astype(np.int64, copy=False)}
-        return self.session.run(["logits"], feed)[0].astype(np.float32, copy=False)
 
 
 class TextClassifier:

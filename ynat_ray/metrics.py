@@ -1,13 +1,17 @@
-"""Accuracy and macro-F1 (KLUE's official YNAT metric), per-class F1 and the confusion matrix."""
+"""Accuracy and macro-F1 (KLUE's official YNAT metric), per-class F1 and the confusion matrix, and `score`,
+the one way a checkpoint is scored on labelled rows (`ynat-ray evaluate`, the end-of-training report)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ynat_ray.labels import LABELS, NUM_LABELS
+
+if TYPE_CHECKING:
+    from ynat_ray.inference import TextClassifier
 
 
 def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict[str, Any]:
@@ -25,6 +29,17 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int]) -> dict
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "num_rows": int(len(y_true)),
     }
+
+
+def score(engine: TextClassifier, texts: Sequence[str], labels: Sequence[int], batch_size: int = 128) -> tuple[dict[str, Any], np.ndarray]:
+    """Score `engine` (a loaded checkpoint, `inference.load_engine`) on labelled rows: the metrics of its top
+    label per text, and its softmax probabilities (rows in input order, one column per topic).
+
+    Why one home: `evaluate` and the end-of-training report must score a checkpoint the same way (the same
+    engine path, batching and metric), or their numbers for one checkpoint drift apart.
+    """
+    probs = engine.probabilities(texts, batch_size=batch_size)
+    return classification_metrics(labels, probs.argmax(axis=1)), probs
 
 
 def format_report(metrics: dict[str, Any]) -> str:

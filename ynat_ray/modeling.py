@@ -12,14 +12,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ynat_ray.errors import YnatError
+from ynat_ray.errors import UsageError, YnatError
 from ynat_ray.labels import ID2LABEL, LABEL2ID, NUM_LABELS
 from ynat_ray.vocab import train_tokenizer
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """Training defaults for a kind of model; a YnatConfig field left at None takes its value from here.
+    """Training defaults for a kind of model; a training option left at None takes its value from here
+    (`TrainConfig.with_recipe`).
 
     Why per kind: a preset is trained from scratch on ~10k titles (a large learning rate, and it overfits fast, so
     strong dropout), while a pretrained encoder is fine-tuned (the usual BERT/RoBERTa recipe, its own dropout and
@@ -39,7 +40,7 @@ class Recipe:
 
 # `ynat-ray tune`'s picks on the embedded validation rows (docs/tuning.md): rounds 1-4 for the RoBERTa presets,
 # round 5 for the mean-pooled WordPiece one; round 7 gave the syllable-bigram default stronger regularisation (its
-# vocabulary, ~12k tokens on the embedded rows, is three times the WordPiece one and overfits faster).
+# vocabulary is several times the WordPiece one and overfits faster).
 ROBERTA_PRESET_RECIPE = Recipe(learning_rate=1.88e-3, epochs=7, batch_size=64, warmup_ratio=0.171, weight_decay=6.93e-3,
                                hidden_dropout=0.284, attention_dropout=0.207, token_dropout=0.244, vocab_size=4000)  # fmt: skip
 WIDE_PRESET_RECIPE = Recipe(learning_rate=1.88e-3, epochs=5, batch_size=64, warmup_ratio=0.171, weight_decay=0.05,
@@ -95,6 +96,7 @@ class ModelLoadError(YnatError):
 
 
 def is_preset(name: str) -> bool:
+    """True for the offline presets (trained from scratch here), False for hub ids and local directories."""
     return name in PRESETS
 
 
@@ -233,25 +235,29 @@ def position_offset(config: Any) -> int:
 
 
 def check_compatible(tokenizer: Any, config: Any, max_length: int) -> None:
-    """Fail loudly on the two mismatches that otherwise corrupt training without an error.
+    """Fail loudly on the mismatches that otherwise corrupt training without an error, or crash it mid-run.
 
     - pad ids differ: the embedding row of [CLS] (or another token) silently becomes the padding row.
     - too few position embeddings: long inputs index past the table and crash mid-run.
+    - more tokens than embedding rows: those tokens index past the table.
+    A pretrained model the user named can mismatch its tokenizer (`ModelLoadError`), and `--max_length` can be
+    too long for its positions (`UsageError`): both are the user's to fix, so they print as one line.
     """
     if tokenizer.pad_token_id != config.pad_token_id:
-        raise ValueError(f"tokenizer pad_token_id {tokenizer.pad_token_id} != model config pad_token_id {config.pad_token_id}")
+        raise ModelLoadError(f"tokenizer pad_token_id {tokenizer.pad_token_id} != model config pad_token_id {config.pad_token_id}")
     offset = position_offset(config)
     needed = max_length + offset
     if config.max_position_embeddings < needed:
-        raise ValueError(
+        raise UsageError(
             f"max_length {max_length} needs max_position_embeddings >= {needed}{' for RoBERTa' if offset else ''} "
             f"(has {config.max_position_embeddings}); lower --max_length"
         )
     if len(tokenizer) > config.vocab_size:
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}")
+        raise ModelLoadError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {config.vocab_size}")
 
 
 def load_advice(model: str, err: Exception) -> str:
+    """What to tell a user whose model or tokenizer did not load: the error, and the offline presets."""
     return (
         f"could not load {model!r}: {err}. If the Hugging Face hub is unreachable, use a local model "
         f"directory or an offline preset (--model {' / '.join(PRESETS)})."

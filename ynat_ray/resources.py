@@ -23,6 +23,11 @@ from ynat_ray.errors import UsageError
 MIN_WORKER_CPUS = 0.1
 # Leave at least this much of the cluster to Ray Data even when --cpus_per_worker is given.
 MIN_DATA_CPUS = 0.25
+# Ray Data's read tasks (parse + validate one file) and write tasks (encode + upload one output file) are light;
+# a quarter CPU each means predictor actors or Train workers can never take every CPU and starve them (Ray Data
+# then stalls without an error: "Cluster resources are not enough to run any task").
+READ_CPUS = 0.25
+WRITE_CPUS = 0.25
 
 
 class PlacementError(UsageError):
@@ -154,3 +159,40 @@ def wait_for_placement(bundles: list[dict[str, float]], strategy: str, what: str
             f"{what} ({strategy}) could not be placed within {timeout_s:g} s: the cluster has {describe_nodes(alive_node_cpus())}; "
             "lower --cpus_per_worker or --num_workers, or raise --placement_timeout_s if nodes are still being added"
         )
+
+
+def check_actor_budget(num_actors: int, actor_cpus: float, actor_gpus: float, cluster_cpus: float, node_cpus: Sequence[float] = ()) -> None:
+    """A batch job's CPU actors plus one read and one write task must fit the cluster, and each actor one node, or
+    Ray Data would wait forever. GPU actors are not checked: on an autoscaling cluster their nodes (and CPUs)
+    appear once requested."""
+    if actor_gpus > 0:
+        return
+    if node_cpus and actor_cpus > max(node_cpus):
+        raise PlacementError(f"--actor_cpus {actor_cpus:g} fits no node: the cluster has {describe_nodes(node_cpus)}")
+    io = READ_CPUS + WRITE_CPUS
+    need, fitting = num_actors * actor_cpus + io, max(0.25, (cluster_cpus - io) / num_actors)
+    if need > cluster_cpus:
+        raise PlacementError(
+            f"{num_actors} actor(s) x {actor_cpus:g} CPU + {io:g} CPU for reading/writing needs {need:g} CPUs but the cluster "
+            f"has {cluster_cpus:g}; lower --num_actors or --actor_cpus (e.g. --actor_cpus {fitting:.2f})"
+        )
+
+
+def trial_concurrency(
+    cluster_cpus: float, cluster_gpus: float, num_workers: int, cpus_per_worker: float | None, use_gpu: bool, requested: int | None
+) -> int:
+    """How many Tune trials run at once: as many as the cluster holds with every trial's workers AND its Ray Data reserve.
+
+    A trial needs `num_workers` CPUs for its workers (at least 1 each, or `cpus_per_worker`) plus 1 for Ray Data
+    (`plan_workers` keeps that reserve inside the trial's share), so a 2-CPU laptop runs one trial at a time and
+    never deadlocks; with GPUs, `num_workers` GPUs per trial.
+    """
+    per_trial = num_workers * max(1.0, cpus_per_worker or 1.0) + 1.0
+    most = max(1, int(cluster_cpus // per_trial))
+    if use_gpu:
+        most = min(most, int(cluster_gpus // num_workers))
+        if most < 1:
+            raise UsageError(
+                f"--use_gpu with {num_workers} worker(s) per trial needs {num_workers} GPU(s); the cluster has {cluster_gpus:g}"
+            )
+    return min(most, requested) if requested else most

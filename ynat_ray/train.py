@@ -23,8 +23,8 @@ from typing import Any
 
 from ray.data.collate_fn import NumpyBatchCollateFn
 
-from ynat_ray.checkpoint import read_history, save_checkpoint
-from ynat_ray.config import YnatConfig, is_uri
+from ynat_ray.checkpoint import RunSpec, read_history, save_checkpoint
+from ynat_ray.config import ModelArgs, TrainArgs, TrainConfig, is_uri
 from ynat_ray.features import pad_token_ids
 
 SCORE_METRIC = "val_macro_f1"
@@ -78,32 +78,6 @@ class PadCollate(NumpyBatchCollateFn):
         return out
 
 
-class EpochProgress:
-    """Rank 0's progress bar for one epoch (steps, loss, samples/s), drawn on the driver's console.
-
-    Why `ray.experimental.tqdm_ray`: a plain tqdm in a worker writes carriage returns that Ray's line-based
-    log forwarding turns into one line per refresh; tqdm_ray sends its state to the driver, which draws one
-    real bar. It refreshes at most once a second.
-    """
-
-    def __init__(self, epoch: int, epochs: int, steps: int, enabled: bool):
-        self.label = f"epoch {epoch + 1}/{epochs}"
-        self.bar = None
-        if enabled:
-            from ray.experimental import tqdm_ray
-
-            self.bar = tqdm_ray.tqdm(total=steps, desc=self.label, unit="step")
-
-    def step(self, loss: float, samples_per_s: float) -> None:
-        if self.bar is not None:
-            self.bar.set_description(f"{self.label} loss {loss:.4f} {samples_per_s:.0f} samples/s")
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 # Rows of token ids each worker shuffles in memory (a few MB): a worker's shard of the embedded 10k rows, or of
 # any run up to this many rows per worker, fits whole, so every epoch is a full reshuffle of it. The cost: each
 # epoch's first batch waits until this many rows (or the whole shard) have streamed in.
@@ -150,112 +124,168 @@ def evaluate_batches(model: Any, batches: Iterable[dict[str, Any]], precision: s
     return loss_sum / max(count, 1), preds, gold
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """The training loop every Ray Train worker runs."""
+@dataclass
+class WorkerState:
+    """What one worker trains with: the DDP-wrapped model, its unwrapped core, the optimiser and where it resumes."""
+
+    model: Any
+    core: Any
+    optimizer: Any
+    scheduler: Any
+    start_epoch: int
+    history: list[dict[str, Any]]
+
+
+def build_worker_state(model_args: ModelArgs, args: TrainArgs, loop_config: dict[str, Any], world: int, device: Any) -> WorkerState:
+    """The model (built inside the worker, so no weights travel), AdamW with its linear schedule, and the state of
+    the latest checkpoint when FailureConfig restarted the worker group."""
     import ray.train
     import ray.train.torch
     import torch
     from transformers import get_linear_schedule_with_warmup
 
     from ynat_ray.checkpoint import load_resume_state
-    from ynat_ray.metrics import classification_metrics
     from ynat_ray.modeling import build_model
-    from ynat_ray.precision import autocast, resolve_precision
 
-    cfg = YnatConfig.from_dict(loop_config["config"])
-    if not cfg.verbose:
+    net = build_model(
+        model_args.model, loop_config["tokenizer"], model_args.train_max_length, loop_config["seed"],
+        model_args.hidden_dropout, model_args.attention_dropout,
+    )  # fmt: skip
+    model = ray.train.torch.prepare_model(net)
+    core = model.module if hasattr(model, "module") else model
+    optimizer = torch.optim.AdamW(param_groups(core, args.weight_decay), lr=args.learning_rate)
+    total_steps = steps_per_epoch(loop_config["train_rows"], world, args.batch_size) * args.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
+    state = WorkerState(model, core, optimizer, scheduler, 0, [])
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as ckpt_dir:
+            saved = load_resume_state(ckpt_dir, core, device)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state.start_epoch, state.history = saved["epoch"] + 1, saved["history"]
+    return state
+
+
+def steps_per_epoch(train_rows: int, world: int, batch_size: int) -> int:
+    """Optimiser steps each worker takes per epoch (its shard of the training rows, in batches)."""
+    return math.ceil(train_rows // world / batch_size)
+
+
+def train_one_epoch(
+    state: WorkerState, args: TrainArgs, batches: Iterable[dict[str, Any]], progress: Any, precision: str, device_type: str, on_step: Any
+) -> dict[str, float]:
+    """AdamW steps over one epoch's batches; returns the mean training loss and the steady samples/s (after the
+    first step, which waits for the input pipeline to start)."""
+    import torch
+
+    from ynat_ray.precision import autocast
+
+    world = ray_world_size()
+    state.model.train()
+    loss_sum, seen, steady_start, steady_seen = 0.0, 0, None, 0
+    for step, batch in enumerate(batches, start=1):
+        with autocast(precision, device_type):
+            loss = state.model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(state.model.parameters(), args.max_grad_norm)
+        state.optimizer.step()
+        state.scheduler.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss.detach().item() * batch["labels"].shape[0]
+        seen += batch["labels"].shape[0]
+        if steady_start is None:
+            steady_start, steady_seen = time.perf_counter(), seen
+        elapsed = time.perf_counter() - steady_start
+        progress.step(loss_sum / seen, (seen - steady_seen) * world / elapsed if elapsed > 0 else 0.0)
+        on_step(step, loss)
+    steady_s = time.perf_counter() - steady_start if steady_start is not None else 0.0
+    return {"train_loss": loss_sum / max(seen, 1), "train_samples_per_s": (seen - steady_seen) * world / steady_s if steady_s > 0 else 0.0}
+
+
+def ray_world_size() -> int:
+    import ray.train
+
+    return ray.train.get_context().get_world_size()
+
+
+def validate_and_save(state: WorkerState, loop_config: dict[str, Any], metrics: dict[str, Any], precision: str, device_type: str) -> None:
+    """Rank 0: score the whole validation set with the unwrapped model (no DDP collectives), print the epoch's
+    line, and report the metrics with a checkpoint that carries what inference and resume need."""
+    import ray.train
+
+    from ynat_ray.metrics import classification_metrics
+
+    args, tokenizer = TrainArgs(**loop_config["train"]), loop_config["tokenizer"]
+    shard = ray.train.get_dataset_shard("validation")
+    val_loss, preds, gold = evaluate_batches(
+        state.core, shard.iter_torch_batches(batch_size=args.eval_batch_size, collate_fn=PadCollate(tokenizer)), precision, device_type
+    )
+    scores = classification_metrics(gold, preds)
+    metrics.update(val_loss=val_loss, val_accuracy=scores["accuracy"], val_macro_f1=scores["macro_f1"], val_rows=scores["num_rows"])
+    state.history.append(metrics)
+    print(
+        f"[ynat-ray] epoch {metrics['epoch']}/{args.epochs}: train_loss {metrics['train_loss']:.4f} val_loss {val_loss:.4f} "
+        f"accuracy {scores['accuracy']:.4f} macro-F1 {scores['macro_f1']:.4f} ({metrics['train_samples_per_s']:.0f} samples/s)",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        resume = {
+            "optimizer": state.optimizer.state_dict(),
+            "scheduler": state.scheduler.state_dict(),
+            "epoch": metrics["epoch"] - 1,
+            "history": state.history,
+        }
+        save_checkpoint(tmp, state.core, tokenizer, RunSpec.from_json(loop_config["run_spec"]), state.history, resume)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """The training loop every Ray Train worker runs. It receives only its roles' options (model and train
+    groups, the seed) plus the fitted tokenizer and the run spec its checkpoints record."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from ynat_ray.precision import resolve_precision
+    from ynat_ray.progress import EpochProgress
+
+    model_args, args, seed = ModelArgs(**loop_config["model"]), TrainArgs(**loop_config["train"]), loop_config["seed"]
+    if not args.verbose:
         quiet_report_logger()
-    tokenizer = loop_config["tokenizer"]
     torch.set_num_threads(loop_config["torch_threads"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    precision = resolve_precision(cfg.precision, device.type)
-
-    net = build_model(cfg.model, tokenizer, cfg.train_max_length, cfg.seed, cfg.hidden_dropout, cfg.attention_dropout)
-    model = ray.train.torch.prepare_model(net)
-    core = model.module if hasattr(model, "module") else model
-    optimizer = torch.optim.AdamW(param_groups(core, cfg.weight_decay), lr=cfg.learning_rate)
-    steps_per_epoch = math.ceil(loop_config["train_rows"] // world / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-
-    start_epoch, history = 0, []
-    checkpoint = ray.train.get_checkpoint()  # set when FailureConfig restarted the workers
-    if checkpoint:
-        with checkpoint.as_directory() as ckpt_dir:
-            state = load_resume_state(ckpt_dir, core, device)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, history = state["epoch"] + 1, state["history"]
-        if rank == 0:
-            print(f"[ynat-ray] resumed from the checkpoint of epoch {start_epoch}", flush=True)
-
-    resumed_from = start_epoch
-    collate = PadCollate(tokenizer)
-    train_collate = PadCollate(tokenizer, cfg.token_dropout, seed=cfg.seed * 1000 + rank)
-    train_shard = ray.train.get_dataset_shard("train")
+    precision = resolve_precision(args.precision, device.type)
+    state = build_worker_state(model_args, args, loop_config, world, device)
+    resumed_from, steps = state.start_epoch, steps_per_epoch(loop_config["train_rows"], world, args.batch_size)
     if rank == 0:
-        print(f"[ynat-ray] {world} worker(s) on {device.type}, precision {precision}, {steps_per_epoch} steps/epoch", flush=True)
+        if resumed_from:
+            print(f"[ynat-ray] resumed from the checkpoint of epoch {resumed_from}", flush=True)
+        print(f"[ynat-ray] {world} worker(s) on {device.type}, precision {precision}, {steps} steps/epoch", flush=True)
+    train_collate = PadCollate(loop_config["tokenizer"], args.token_dropout, seed=seed * 1000 + rank)
+    shard = ray.train.get_dataset_shard("train")
+    for epoch in range(state.start_epoch, args.epochs):
+        started = time.perf_counter()
+        batches = shard.iter_torch_batches(
+            batch_size=args.batch_size, collate_fn=train_collate, **shuffle_options(args.batch_size, seed, epoch)
+        )
+        progress = EpochProgress(epoch, args.epochs, steps, enabled=rank == 0 and args.progress_bar, live=loop_config["live_progress"])
 
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        progress = EpochProgress(epoch, cfg.epochs, steps_per_epoch, enabled=rank == 0 and cfg.progress_bar)
-        started, loss_sum, seen = time.perf_counter(), 0.0, 0
-        steady_start, steady_seen = None, 0  # throughput after the first step (excludes pipeline start-up)
-        batches = train_shard.iter_torch_batches(
-            batch_size=cfg.batch_size,
-            collate_fn=train_collate,
-            **shuffle_options(cfg.batch_size, cfg.seed, epoch),
-        )
-        for step, batch in enumerate(batches, start=1):
-            with autocast(precision, device.type):
-                loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.detach().item() * batch["labels"].shape[0]
-            seen += batch["labels"].shape[0]
-            if steady_start is None:
-                steady_start, steady_seen = time.perf_counter(), seen
-            elapsed_steady = time.perf_counter() - steady_start
-            progress.step(loss_sum / seen, (seen - steady_seen) * world / elapsed_steady if elapsed_steady > 0 else 0.0)
-            if loop_config.get("fail_at_epoch") == epoch and checkpoint is None and rank == world - 1:
+        def on_step(step: int, loss: Any, epoch: int = epoch) -> None:
+            if loop_config.get("fail_at_epoch") == epoch and not resumed_from and rank == world - 1:
                 _die_for_test(rank, epoch)
-            if rank == 0 and cfg.log_every and step % cfg.log_every == 0:
-                step_loss = loss.detach().item()
-                print(f"[ynat-ray] epoch {epoch + 1}/{cfg.epochs} step {step}/{steps_per_epoch} loss {step_loss:.4f}", flush=True)
+            if rank == 0 and args.log_every and step % args.log_every == 0:
+                print(f"[ynat-ray] epoch {epoch + 1}/{args.epochs} step {step}/{steps} loss {loss.detach().item():.4f}", flush=True)
+
+        metrics: dict[str, Any] = {"epoch": epoch + 1, **train_one_epoch(state, args, batches, progress, precision, device.type, on_step)}
         progress.close()
-        now = time.perf_counter()
-        elapsed = now - started
-        steady_s = now - steady_start if steady_start is not None else 0.0
-        metrics: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / max(seen, 1),
-            "train_samples_per_s": (seen - steady_seen) * world / steady_s if steady_s > 0 else 0.0,
-            "epoch_time_s": elapsed,
-            "resumed_from_epoch": resumed_from,
-        }
-        if rank != 0:
+        metrics.update(epoch_time_s=time.perf_counter() - started, resumed_from_epoch=resumed_from)
+        if rank == 0:
+            validate_and_save(state, loop_config, metrics, precision, device.type)
+        else:
             ray.train.report(metrics, checkpoint=None)
-            continue
-        # Rank 0 scores the whole validation set with the unwrapped model (no DDP collectives).
-        val_batches = ray.train.get_dataset_shard("validation").iter_torch_batches(batch_size=cfg.eval_batch_size, collate_fn=collate)
-        val_loss, preds, gold = evaluate_batches(core, val_batches, precision, device.type)
-        scores = classification_metrics(gold, preds)
-        metrics.update(val_loss=val_loss, val_accuracy=scores["accuracy"], val_macro_f1=scores["macro_f1"], val_rows=scores["num_rows"])
-        history.append(metrics)
-        print(
-            f"[ynat-ray] epoch {epoch + 1}/{cfg.epochs}: train_loss {metrics['train_loss']:.4f} val_loss {val_loss:.4f} "
-            f"accuracy {scores['accuracy']:.4f} macro-F1 {scores['macro_f1']:.4f} ({metrics['train_samples_per_s']:.0f} samples/s)",
-            flush=True,
-        )
-        with tempfile.TemporaryDirectory() as tmp:
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch, "history": history}
-            save_checkpoint(tmp, core, tokenizer, cfg, history, state)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def quiet_report_logger() -> None:
@@ -286,10 +316,11 @@ def _die_for_test(rank: int, epoch: int) -> None:
 # Driver side
 
 
-def unique_run_name(model: str) -> str:
-    """Reusing a run name makes Ray resume that old run, so every run gets a fresh one."""
+def unique_run_name(model: str, kind: str = "") -> str:
+    """A fresh name per run or search (`kind` 'tune' marks searches): reusing a name makes Ray resume, or Tune
+    restore, that old run."""
     slug = model.rstrip("/").split("/")[-1].replace("_", "-")
-    return f"ynat-{slug}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
+    return f"ynat-{kind + '-' if kind else ''}{slug}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
 def artifacts_dir_for(storage: str, run_name: str) -> str:
@@ -302,7 +333,7 @@ def artifacts_dir_for(storage: str, run_name: str) -> str:
 class PreparedRun:
     """What a TorchTrainer needs, built once on the driver (`ynat-ray train`) or in a Tune trial's driver."""
 
-    cfg: YnatConfig  # with the model's recipe filled in (`YnatConfig.with_recipe`)
+    cfg: TrainConfig  # with the model's recipe filled in (`TrainConfig.with_recipe`)
     run_name: str
     storage: str
     artifacts: str
@@ -312,7 +343,7 @@ class PreparedRun:
     plan: Any
 
 
-def prepare_run(cfg: YnatConfig, cluster_cpus: float | None = None) -> PreparedRun:
+def prepare_run(cfg: TrainConfig, cluster_cpus: float | None = None) -> PreparedRun:
     """Rows, tokenizer, Ray Data token datasets and the CPU plan for one training run.
 
     `cluster_cpus` is the share of the cluster this run may plan with: all of it for `ynat-ray train`, a
@@ -320,43 +351,75 @@ def prepare_run(cfg: YnatConfig, cluster_cpus: float | None = None) -> PreparedR
     """
     import ray
 
-    from ynat_ray.data import TOKENIZER_ROWS, load_splits, write_quarantine
+    from ynat_ray.data.quarantine import write_quarantine
+    from ynat_ray.data.sources import load_splits
+    from ynat_ray.data.splits import TOKENIZER_ROWS
     from ynat_ray.features import to_token_dataset
     from ynat_ray.modeling import is_preset, load_tokenizer
     from ynat_ray.resources import alive_node_cpus, plan_workers
 
     cfg = cfg.with_recipe()
-    # Our loop draws one progress bar per epoch; Ray Data's per-dataset bars would bury it.
+    data, model, args = cfg.data, cfg.model, cfg.train
+    # Our loop draws one progress line per epoch; Ray Data's per-dataset bars would bury it.
     ray.data.DataContext.get_current().enable_progress_bars = False
-    run_name = cfg.run_name or unique_run_name(cfg.model)
-    storage = cfg.resolved_storage_path()
+    run_name = args.run_name or unique_run_name(model.model)
+    storage = args.resolved_storage_path()
     artifacts = artifacts_dir_for(storage, run_name)
     plan = plan_workers(
-        cfg.num_workers, alive_node_cpus(), use_gpu=cfg.use_gpu, cpus_per_worker=cfg.cpus_per_worker, budget=cluster_cpus,
-        placement_strategy=cfg.placement_strategy,
+        args.num_workers, alive_node_cpus(), use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker, budget=cluster_cpus,
+        placement_strategy=args.placement_strategy,
     )  # fmt: skip
     # Training files stream through Ray Data (read + validate + split + tokenize in tasks); only validation,
     # test and a preset's bounded tokenizer sample reach this process. embedded/hub stay in memory (small).
-    tokenizer_rows = TOKENIZER_ROWS if is_preset(cfg.model) else 0
-    splits = load_splits(cfg, stream=True, tokenizer_rows=tokenizer_rows, task_cpus=plan.data_task_cpus)
+    tokenizer_rows = TOKENIZER_ROWS if is_preset(model.model) else 0
+    splits = load_splits(data, stream=True, tokenizer_rows=tokenizer_rows, task_cpus=plan.data_task_cpus)
     if splits.bad_rows:
-        path = cfg.quarantine_path or os.path.join(artifacts, "quarantine.jsonl")
+        path = data.quarantine_path or os.path.join(artifacts, "quarantine.jsonl")
         print(f"[ynat-ray] skipped {write_quarantine(splits.bad_rows, path)} malformed row(s); see {path}", flush=True)
     streamed = f" (streamed by Ray Data from {len(splits.files)} file(s), {splits.input_rows} records)" if splits.streamed else ""
     print(
         f"[ynat-ray] run {run_name}: {splits.train_rows} train{streamed} / {len(splits.validation)} validation"
-        f"{f' / {len(splits.test)} test' if splits.test is not None else ''} rows, model {cfg.model}",
+        f"{f' / {len(splits.test)} test' if splits.test is not None else ''} rows, model {model.model}",
         flush=True,
     )
-    tokenizer = load_tokenizer(cfg.model, cfg.train_max_length, splits.tokenizer_texts(), cfg.vocab_size)
-    materialize = cfg.materialize == "yes" or (cfg.materialize == "auto" and splits.train_rows < 1_000_000)
-    print(f"[ynat-ray] {cfg.num_workers} worker(s) x {plan.resources()}; {plan.data_reserve_cpus:g} CPU left for Ray Data", flush=True)
+    tokenizer = load_tokenizer(model.model, model.train_max_length, splits.tokenizer_texts(), model.vocab_size)
+    materialize = args.materialize == "yes" or (args.materialize == "auto" and splits.train_rows < 1_000_000)
+    print(f"[ynat-ray] {args.num_workers} worker(s) x {plan.resources()}; {plan.data_reserve_cpus:g} CPU left for Ray Data", flush=True)
     train_split = splits.train_stream if splits.streamed else splits.train  # never a DataFrame of streamed files
     datasets = {
-        name: to_token_dataset(rows, tokenizer, cfg.train_max_length, materialize=materialize, task_cpus=plan.data_task_cpus)
+        name: to_token_dataset(rows, tokenizer, model.train_max_length, materialize=materialize, task_cpus=plan.data_task_cpus)
         for name, rows in (("train", train_split), ("validation", splits.validation))
     }
     return PreparedRun(cfg, run_name, storage, artifacts, splits, tokenizer, datasets, plan)
+
+
+def run_spec(cfg: TrainConfig) -> RunSpec:
+    """What every checkpoint of this run records: the trained length, the model, the labels and the data, model
+    and train options (what inference and resume need; no serving or batch settings)."""
+    from ynat_ray import __version__
+    from ynat_ray.labels import LABELS
+
+    return RunSpec(cfg.model.train_max_length, cfg.model.model, list(LABELS), __version__, cfg.run_spec_config())
+
+
+def worker_config(run: PreparedRun, fail_at_epoch: int | None) -> dict[str, Any]:
+    """`train_loop_config`: a worker gets its roles' groups (model, train), the seed, the fitted tokenizer and the
+    run spec to record; whether the driver is on a terminal decides how epoch progress is drawn."""
+    from dataclasses import asdict
+
+    from ynat_ray.progress import console_is_live
+
+    return {
+        "model": asdict(run.cfg.model),
+        "train": asdict(run.cfg.train),
+        "seed": run.cfg.data.seed,
+        "run_spec": run_spec(run.cfg).to_json(),
+        "tokenizer": run.tokenizer,
+        "train_rows": run.splits.train_rows,
+        "torch_threads": run.plan.torch_threads,
+        "fail_at_epoch": fail_at_epoch,
+        "live_progress": console_is_live(),
+    }
 
 
 def make_trainer(run: PreparedRun, callbacks: Iterable[Any] = ()) -> Any:
@@ -366,34 +429,29 @@ def make_trainer(run: PreparedRun, callbacks: Iterable[Any] = ()) -> Any:
 
     from ynat_ray.cluster import QUIET_WORKER_ENV
 
-    cfg = run.cfg
-    fail_at = os.environ.get(FAIL_AT_EPOCH_ENV)
+    args, fail_at = run.cfg.train, os.environ.get(FAIL_AT_EPOCH_ENV)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "config": cfg.to_dict(),
-            "tokenizer": run.tokenizer,
-            "train_rows": run.splits.train_rows,
-            "torch_threads": run.plan.torch_threads,
-            "fail_at_epoch": int(fail_at) if fail_at else None,
-        },
-        torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
+        train_loop_config=worker_config(run, int(fail_at) if fail_at else None),
+        torch_config=TorchConfig(backend="nccl" if args.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker=run.plan.resources(),
+            num_workers=args.num_workers,
+            use_gpu=args.use_gpu,
+            resources_per_worker=run.plan.resources(),
             placement_strategy=run.plan.placement_strategy,
         ),  # fmt: skip
         run_config=ray.train.RunConfig(
             name=run.run_name,
             storage_path=run.storage,
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            failure_config=ray.train.FailureConfig(max_failures=args.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=cfg.num_to_keep, checkpoint_score_attribute=SCORE_METRIC, checkpoint_score_order="max"
+                num_to_keep=args.num_to_keep, checkpoint_score_attribute=SCORE_METRIC, checkpoint_score_order="max"
             ),
             # Train V2 routes workers' print() through a logger AND the original stream, so every line reached
             # the console twice; plain prints reach it once through Ray's log forwarding.
             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **QUIET_WORKER_ENV}},
             # Worker-group start-up, "Reporting training result ..." and friends: INFO that --verbose brings back.
-            logging_config=ray.train.LoggingConfig(log_level="INFO" if cfg.verbose else "WARNING"),
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if args.verbose else "WARNING"),
             callbacks=list(callbacks),
         ),
         datasets=run.datasets,
@@ -402,16 +460,17 @@ def make_trainer(run: PreparedRun, callbacks: Iterable[Any] = ()) -> Any:
     )
 
 
-def run_training(cfg: YnatConfig) -> TrainOutcome:
+def run_training(cfg: TrainConfig) -> TrainOutcome:
     """Everything `ynat-ray train` does: data, tokenizer, TorchTrainer.fit, final evaluation, artifacts."""
     from ynat_ray.cluster import init_ray
     from ynat_ray.resources import wait_for_placement
 
-    init_ray(verbose=cfg.verbose)
+    init_ray(verbose=cfg.train.verbose)
     run = prepare_run(cfg)
-    bundles = [run.plan.resources()] * cfg.num_workers
-    what = f"{cfg.num_workers} Train worker(s) x {run.plan.resources()}"
-    wait_for_placement(bundles, run.plan.placement_strategy, what, cfg.placement_timeout_s)
+    args = run.cfg.train
+    bundles = [run.plan.resources()] * args.num_workers
+    what = f"{args.num_workers} Train worker(s) x {run.plan.resources()}"
+    wait_for_placement(bundles, run.plan.placement_strategy, what, args.placement_timeout_s)
     result = make_trainer(run).fit()
     if result.error:
         raise result.error
@@ -433,7 +492,7 @@ def storage_uri(storage: str, path: str) -> str:
 
 
 def finish_run(
-    cfg: YnatConfig, run_name: str, run_dir: str, best_path: str, splits: Any, artifacts: str, history_from: str | None = None
+    cfg: TrainConfig, run_name: str, run_dir: str, best_path: str, splits: Any, artifacts: str, history_from: str | None = None
 ) -> TrainOutcome:
     """Score the best checkpoint, write artifacts, print the summary, optionally push to the hub.
 
@@ -451,65 +510,85 @@ def finish_run(
 
 
 def _finish_run(
-    cfg: YnatConfig, run_name: str, run_dir: str, best_path: str, splits: Any, local_artifacts: str, artifacts: str,
+    cfg: TrainConfig, run_name: str, run_dir: str, best_path: str, splits: Any, local_artifacts: str, artifacts: str,
     history_from: str | None,
 ) -> TrainOutcome:  # fmt: skip
-    from ynat_ray.artifacts import plot_confusion_matrix, plot_learning_curve, write_history
     from ynat_ray.checkpoint import resolve_checkpoint
-    from ynat_ray.export import export_checkpoint
-    from ynat_ray.inference import TextClassifier
-    from ynat_ray.metrics import classification_metrics, format_report
+    from ynat_ray.config import EngineArgs
+    from ynat_ray.inference import load_engine
+    from ynat_ray.metrics import score
 
     local_best = resolve_checkpoint(best_path)
     best_history = read_history(local_best)
-    latest = max(best_history, key=lambda h: h["epoch"])
-    # Export ONNX fp32 + int8 into the checkpoint, with parity measured on this run's validation rows.
-    parity = export_checkpoint(local_best, texts=splits.validation["title"].tolist(), labels=splits.validation["label"].tolist())
+    best_epoch = max(best_history, key=lambda h: h["epoch"])["epoch"]
+    parity = export_best(local_best, best_path, splits.validation)
+    # The report runs the engine serving will run (its `auto` pick), in the precision training used.
+    engine = load_engine(EngineArgs(checkpoint=local_best, precision=cfg.train.precision))
+    split_name, rows = ("test", splits.test) if splits.test is not None else ("validation", splits.validation)
+    final, _ = score(engine, rows["title"].tolist(), rows["label"].tolist(), batch_size=cfg.train.eval_batch_size)
+    final.update(split=split_name, checkpoint=best_path, best_epoch=best_epoch)
+    history = _full_history(history_from, best_history)
+    write_artifacts(local_artifacts, history, final, f"{split_name} ({len(rows)} rows)")
+    sample = rows.head(3)
+    examples = [
+        {"title": t, "gold": engine.id2label[g], **p} for t, g, p in zip(sample["title"], sample["label"], engine(sample["title"].tolist()))
+    ]
+    print_summary(run_name, best_path, best_epoch, artifacts, parity, engine, split_name, final, examples)
+    if cfg.train.push_to_hub:
+        from ynat_ray.checkpoint import push_checkpoint
+
+        print(f"[ynat-ray] pushed to {push_checkpoint(local_best, cfg.train.push_to_hub)}", flush=True)
+    return TrainOutcome(run_name, run_dir, best_path, history, final, artifacts, examples)
+
+
+def export_best(local_best: str, best_path: str, validation: Any) -> dict[str, Any]:
+    """ONNX fp32 + int8 exports in the best checkpoint, with parity measured on this run's validation rows (and
+    uploaded beside it when the checkpoint lives in object storage)."""
+    from ynat_ray.export import export_checkpoint
+
+    parity = export_checkpoint(local_best, texts=validation["title"].tolist(), labels=validation["label"].tolist())
     if is_uri(best_path):
         import pyarrow.fs
 
         from ynat_ray.checkpoint import ONNX_DIR
 
         pyarrow.fs.copy_files(os.path.join(local_best, ONNX_DIR), f"{best_path}/{ONNX_DIR}")
-    classifier = TextClassifier(local_best, backend=cfg.backend, use_gpu=False, precision=cfg.precision)
-    split_name, rows = ("test", splits.test) if splits.test is not None else ("validation", splits.validation)
-    probs = classifier.probabilities(rows["title"].tolist(), batch_size=cfg.eval_batch_size)
-    final = classification_metrics(rows["label"].tolist(), probs.argmax(1).tolist())
-    final.update(split=split_name, checkpoint=best_path, best_epoch=latest["epoch"])
+    return parity
 
-    os.makedirs(local_artifacts, exist_ok=True)
-    history = _full_history(history_from, best_history)
-    write_history(history, local_artifacts)
-    plot_learning_curve(history, os.path.join(local_artifacts, "learning_curve.png"))
-    confusion_png = os.path.join(local_artifacts, "confusion_matrix.png")
-    plot_confusion_matrix(final["confusion_matrix"], confusion_png, f"{split_name} ({len(rows)} rows)")
-    with open(os.path.join(local_artifacts, "final_metrics.json"), "w", encoding="utf-8") as fh:
+
+def write_artifacts(folder: str, history: list[dict[str, Any]], final: dict[str, Any], title: str) -> None:
+    """metrics history (json + csv), the learning curve, the confusion matrix and final_metrics.json."""
+    from ynat_ray.artifacts import plot_confusion_matrix, plot_learning_curve, write_history
+
+    os.makedirs(folder, exist_ok=True)
+    write_history(history, folder)
+    plot_learning_curve(history, os.path.join(folder, "learning_curve.png"))
+    plot_confusion_matrix(final["confusion_matrix"], os.path.join(folder, "confusion_matrix.png"), title)
+    with open(os.path.join(folder, "final_metrics.json"), "w", encoding="utf-8") as fh:
         json.dump(final, fh, ensure_ascii=False, indent=2)
 
-    sample = rows.head(3)
-    examples = [
-        {"title": t, "gold": classifier.id2label[g], **p}
-        for t, g, p in zip(sample["title"], sample["label"], classifier(sample["title"].tolist()))
-    ]
+
+def print_summary(
+    run_name: str, best_path: str, best_epoch: int, artifacts: str, parity: dict[str, Any], engine: Any, split_name: str,
+    final: dict[str, Any], examples: list[dict[str, Any]],
+) -> None:  # fmt: skip
+    """The end-of-run block: where things are, the ONNX parity, the engine, the final scores and three examples."""
+    from ynat_ray.metrics import format_report
+
     print("\n" + "=" * 72)
     print(f"run          {run_name}")
-    print(f"checkpoint   {best_path}  (best epoch {latest['epoch']} by validation macro-F1)")
+    print(f"checkpoint   {best_path}  (best epoch {best_epoch} by validation macro-F1)")
     print(f"artifacts    {artifacts}")
     print(
         f"onnx         fp32 max |p - p_torch| {parity['fp32_max_abs_diff']:.1e}; int8 labels agree "
         f"{parity['int8_label_agreement']:.2%}, macro-F1 {parity['int8_macro_f1']:.4f} vs {parity['fp32_macro_f1']:.4f}"
     )
-    print(f"engine       {classifier.backend} ({classifier.choice.reason})")
+    print(f"engine       {engine.backend} ({engine.choice.reason})")
     print(f"{split_name:<12} {format_report(final)}")
     print("examples:")
     for ex in examples:
         print(f"  {ex['title']!r} -> [{{'label': '{ex['label']}', 'score': {ex['score']:.4f}}}]  (gold {ex['gold']})")
     print("=" * 72, flush=True)
-    if cfg.push_to_hub:
-        from ynat_ray.checkpoint import push_checkpoint
-
-        print(f"[ynat-ray] pushed to {push_checkpoint(local_best, cfg.push_to_hub)}", flush=True)
-    return TrainOutcome(run_name, run_dir, best_path, history, final, artifacts, examples)
 
 
 def _full_history(newest: str | None, fallback: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,12 +1,12 @@
 """`ynat-ray tune`: hyperparameter search with Ray Tune over the same training loop, in Ray Train V2's pattern.
 
 Shape (Ray's "Hyperparameter Tuning with Ray Tune" guide for Train V2):
-  Tuner(train_driver) -> each trial: YnatConfig(base + sampled values) -> `train.prepare_run` ->
+  Tuner(train_driver) -> each trial: TrainConfig(base + sampled values) -> `train.prepare_run` ->
   `train.make_trainer(callbacks=[TuneReportCallback()])`.fit()
   ASHAScheduler reads each epoch's validation macro-F1 (rank 0's report) and stops weak trials early.
 Not `Tuner(trainer)`: that V1 API is gone in Train V2; a trial is a small driver that builds its own trainer.
 
-The search space is a YnatConfig YAML file in which some values are ranges (see `load_space` and the shipped
+The search space is a YAML file of training options in which some values are ranges (see `load_space` and the shipped
 `ynat_ray/assets/tune_space.yaml`), so the winner is written back as a plain `best.yaml` that
 `ynat-ray train --config best.yaml` runs as is.
 """
@@ -18,31 +18,30 @@ import math
 import os
 import tempfile
 import time
-import uuid
-from dataclasses import dataclass, fields
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from ray.tune import Callback
 
-from ynat_ray.config import UsageError, YnatConfig, is_uri, read_text
+from ynat_ray.config import TrainConfig, TuneConfig, UsageError, check_options, is_uri, read_text
+from ynat_ray.train import SCORE_METRIC as METRIC
+from ynat_ray.train import unique_run_name
 
 DEFAULT_SPACE = str(Path(__file__).parent / "assets" / "tune_space.yaml")
-METRIC = "val_macro_f1"
 # A searched value is a one-key mapping: {loguniform: [lo, hi]}, {uniform: [lo, hi]}, {randint: [lo, hi)},
 # {choice: [a, b, ...]} or {grid: [a, b, ...]} (every value, times --num_samples).
 SPACE_KINDS = ("loguniform", "uniform", "randint", "choice", "grid")
 # What a trial's driver function holds: it only builds a TorchTrainer and waits (Tune refuses 0).
 TRIAL_DRIVER_CPUS = 0.05
 # Fields a search may not vary: they name the run or its storage, not the recipe.
-NOT_SEARCHABLE = {"run_name", "storage_path", "checkpoint", "push_to_hub", "verbose", "progress_bar", "use_gpu", "num_workers"}
+NOT_SEARCHABLE = {"run_name", "storage_path", "push_to_hub", "verbose", "progress_bar", "use_gpu", "num_workers"}
 
 
 @dataclass
 class SearchSpace:
-    """A space file split into fixed YnatConfig values and searched ones (name -> (kind, arguments))."""
+    """A space file split into fixed training options and searched ones (name -> (kind, arguments))."""
 
     path: str
     fixed: dict[str, Any]
@@ -63,9 +62,9 @@ class SearchSpace:
                 space[name] = make[kind](*args)
         return space
 
-    def max_epochs(self, base: YnatConfig) -> int:
+    def max_epochs(self, base: TrainConfig) -> int:
         """The longest trial, in epochs: ASHA's max_t."""
-        kind, args = self.searched.get("epochs", ("fixed", [base.epochs]))
+        kind, args = self.searched.get("epochs", ("fixed", [base.train.epochs]))
         return int(max(args) - 1 if kind == "randint" else max(args))
 
 
@@ -78,12 +77,10 @@ def load_space(path: str) -> SearchSpace:
         raise UsageError(f"search space {path} is not valid YAML: {' '.join(str(err).split())}") from None
     if not isinstance(values, dict):
         raise UsageError(f"search space {path}: expected a mapping of option names to values or ranges")
-    known = {f.name for f in fields(YnatConfig)}
+    check_options(TrainConfig, values, where=f"search space {path}")
     fixed: dict[str, Any] = {}
     searched: dict[str, tuple[str, list[Any]]] = {}
     for name, value in values.items():
-        if name not in known:
-            raise UsageError(f"search space {path}: unknown option {name!r}")
         if not isinstance(value, dict):
             fixed[name] = value
             continue
@@ -100,34 +97,7 @@ def load_space(path: str) -> SearchSpace:
             if kind == "loguniform" and args[0] <= 0:
                 raise UsageError(f"search space {path}: {name}.loguniform needs a positive low end, got {args[0]!r}")
         searched[name] = (kind, list(args))
-    try:
-        YnatConfig.from_dict(fixed)
-    except (TypeError, ValueError) as err:
-        raise UsageError(f"search space {path}: {err}") from None
     return SearchSpace(path, fixed, searched)
-
-
-def trial_concurrency(cluster_cpus: float, cluster_gpus: float, cfg: YnatConfig, requested: int | None) -> int:
-    """How many trials run at once: as many as the cluster holds with every trial's workers AND its Ray Data reserve.
-
-    A trial needs `num_workers` CPUs for its workers (at least 1 each, or `cpus_per_worker`) plus 1 for Ray Data
-    (`resources.plan_workers` keeps that reserve inside the trial's share), so a 2-CPU laptop runs one trial at a
-    time and never deadlocks; with GPUs, `num_workers` GPUs per trial.
-    """
-    per_trial = cfg.num_workers * max(1.0, cfg.cpus_per_worker or 1.0) + 1.0
-    most = max(1, int(cluster_cpus // per_trial))
-    if cfg.use_gpu:
-        most = min(most, int(cluster_gpus // cfg.num_workers))
-        if most < 1:
-            need = f"--use_gpu with {cfg.num_workers} worker(s) per trial needs {cfg.num_workers} GPU(s)"
-            raise UsageError(f"{need}; the cluster has {cluster_gpus:g}")
-    return min(most, requested) if requested else most
-
-
-def unique_tune_name(model: str) -> str:
-    """A fresh name per search (reusing one would make Tune restore the old experiment)."""
-    slug = model.rstrip("/").split("/")[-1].replace("_", "-")
-    return f"ynat-tune-{slug}-{datetime.now():%Y%m%d-%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
 def trial_name(trial: Any) -> str:
@@ -143,7 +113,7 @@ def train_driver(params: dict[str, Any], base: dict[str, Any], trial_cpus: float
     from ynat_ray.train import make_trainer, prepare_run
 
     trial_id = ray.tune.get_context().get_trial_id()
-    cfg = YnatConfig.from_dict({**base, **params, "run_name": f"{tune_name}-{trial_id}", "storage_path": train_storage})
+    cfg = TrainConfig.of(**{**base, **params, "run_name": f"{tune_name}-{trial_id}", "storage_path": train_storage})
     run = prepare_run(cfg, cluster_cpus=trial_cpus)
     result = make_trainer(run, callbacks=[TuneReportCallback()]).fit()
     if result.error:
@@ -206,75 +176,57 @@ def check_scheduler(grace_period: int, reduction_factor: float, max_epochs: int)
         raise UsageError(f"--reduction_factor {reduction_factor:g} must be greater than 1")
 
 
-def run_tune(
-    cfg: YnatConfig,
-    space: SearchSpace,
-    *,
-    num_samples: int = 8,
-    max_concurrent_trials: int | None = None,
-    grace_period: int = 2,
-    reduction_factor: int = 2,
-    trial_failures: int = 1,
-    out_dir: str | None = None,
-) -> TuneOutcome:
+def run_tune(cfg: TuneConfig, space: SearchSpace) -> TuneOutcome:
     """Run the search; write results.csv, trials.png and best.yaml; print the table."""
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     from ynat_ray.cluster import init_ray
+    from ynat_ray.resources import trial_concurrency
 
-    recipe = cfg.with_recipe()  # the epochs a trial runs when the space does not search them
+    search, args = cfg.tune, cfg.train
+    recipe = cfg.trial().with_recipe()  # the epochs a trial runs when the space does not search them
     max_t = space.max_epochs(recipe)
-    check_scheduler(grace_period, reduction_factor, max_t)
-    init_ray(verbose=cfg.verbose)
-    resources = ray.cluster_resources()
-    concurrency = trial_concurrency(resources.get("CPU", 1.0), resources.get("GPU", 0.0), cfg, max_concurrent_trials)
-    trial_cpus = resources.get("CPU", 1.0) / concurrency - TRIAL_DRIVER_CPUS
-    name = cfg.run_name or unique_tune_name(cfg.model)
-    storage = cfg.resolved_storage_path()
+    check_scheduler(search.grace_period, search.reduction_factor, max_t)
+    init_ray(verbose=args.verbose)
+    cpus, gpus = ray.cluster_resources().get("CPU", 1.0), ray.cluster_resources().get("GPU", 0.0)
+    concurrency = trial_concurrency(cpus, gpus, args.num_workers, args.cpus_per_worker, args.use_gpu, search.max_concurrent_trials)
+    trial_cpus = cpus / concurrency - TRIAL_DRIVER_CPUS
+    name = args.run_name or unique_run_name(cfg.model.model, "tune")
+    storage = args.resolved_storage_path()
     path = f"{storage}/{name}"  # the search's folder (a local absolute path or a URI: '/' joins both)
     train_storage = f"{path}/train_runs"
-    base = cfg.to_dict() | {"progress_bar": False}  # concurrent trials' bars would interleave; each epoch prints a line
+    base = cfg.trial().flat() | {"progress_bar": False}  # concurrent trials' bars would interleave; each epoch prints a line
     print(
-        f"[ynat-ray] tune {name}: {num_samples} sample(s) of {len(space.searched)} searched option(s) from {space.path}; "
-        f"{concurrency} trial(s) at a time, {trial_cpus:g} CPU each; ASHA on {METRIC} (grace {grace_period} epoch(s), "
-        f"reduction {reduction_factor}, max {max_t} epochs)",
+        f"[ynat-ray] tune {name}: {search.num_samples} sample(s) of {len(space.searched)} searched option(s) from {space.path}; "
+        f"{concurrency} trial(s) at a time, {trial_cpus:g} CPU each; ASHA on {METRIC} (grace {search.grace_period} epoch(s), "
+        f"reduction {search.reduction_factor}, max {max_t} epochs)",
         flush=True,
     )
 
     def epochs_of(trial: Any) -> int:
-        return int(trial.config.get("epochs") or recipe.epochs)
+        return int(trial.config.get("epochs") or recipe.train.epochs)
 
     trainable = tune.with_parameters(train_driver, base=base, trial_cpus=trial_cpus, train_storage=train_storage, tune_name=name)
     # The trial driver only builds a TorchTrainer; the trainer's workers and Ray Data ask for their own CPUs (planned
     # inside `trial_cpus`), so the driver holds a sliver (Tune refuses an empty request) and concurrency is explicit.
     trainable = tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPUS})
-    asha = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=grace_period, reduction_factor=reduction_factor)
-    tuner = tune.Tuner(
-        trainable,
-        param_space=space.param_space(),
-        tune_config=tune.TuneConfig(
-            metric=METRIC,
-            mode="max",
-            scheduler=asha,
-            num_samples=num_samples,
-            max_concurrent_trials=concurrency,
-            trial_name_creator=trial_name,
-            trial_dirname_creator=trial_name,
-        ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=storage,
-            failure_config=tune.FailureConfig(max_failures=trial_failures),  # trial level; worker level: --max_failures
-            callbacks=[TrialLines(list(space.searched), epochs_of)],
-            verbose=0,
-        ),
+    asha = ASHAScheduler(
+        time_attr="training_iteration", max_t=max_t, grace_period=search.grace_period, reduction_factor=search.reduction_factor
     )
+    tune_config = tune.TuneConfig(
+        metric=METRIC, mode="max", scheduler=asha, num_samples=search.num_samples, max_concurrent_trials=concurrency,
+        trial_name_creator=trial_name, trial_dirname_creator=trial_name,
+    )  # fmt: skip
+    run_config = tune.RunConfig(
+        name=name, storage_path=storage, callbacks=[TrialLines(list(space.searched), epochs_of)], verbose=0,
+        failure_config=tune.FailureConfig(max_failures=search.trial_failures),  # trial level; worker level: --max_failures
+    )  # fmt: skip
     started = time.perf_counter()
-    grid = tuner.fit()
+    grid = tune.Tuner(trainable, param_space=space.param_space(), tune_config=tune_config, run_config=run_config).fit()
     print(f"[ynat-ray] search finished in {time.perf_counter() - started:.0f} s", flush=True)
-    return write_outcome(cfg, space, grid, name, path, out_dir)
+    return write_outcome(cfg.trial(), space, grid, name, path, search.out)
 
 
 def trial_table(grid: Any, searched: list[str], epochs_default: int) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
@@ -305,7 +257,7 @@ def trial_table(grid: Any, searched: list[str], epochs_default: int) -> tuple[li
     return rows, curves
 
 
-def write_outcome(cfg: YnatConfig, space: SearchSpace, grid: Any, name: str, path: str, out_dir: str | None) -> TuneOutcome:
+def write_outcome(cfg: TrainConfig, space: SearchSpace, grid: Any, name: str, path: str, out_dir: str | None) -> TuneOutcome:
     """results.csv, trials.png and best.yaml in `out_dir` (default: the search's folder, local or URI), and the printed table."""
     out = out_dir or path
     if not is_uri(out):
@@ -318,12 +270,12 @@ def write_outcome(cfg: YnatConfig, space: SearchSpace, grid: Any, name: str, pat
     return outcome
 
 
-def _write_outcome(cfg: YnatConfig, space: SearchSpace, grid: Any, name: str, path: str, local: str, out: str) -> TuneOutcome:
+def _write_outcome(cfg: TrainConfig, space: SearchSpace, grid: Any, name: str, path: str, local: str, out: str) -> TuneOutcome:
     """Write the three files into the local folder `local`; paths printed and returned are under `out`."""
     from ynat_ray.artifacts import plot_trials
 
     searched = list(space.searched)
-    table, curves = trial_table(grid, searched, cfg.with_recipe().epochs)
+    table, curves = trial_table(grid, searched, cfg.with_recipe().train.epochs)
     os.makedirs(local, exist_ok=True)
     with open(os.path.join(local, "results.csv"), "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(table[0]) if table else ["trial"])
@@ -342,16 +294,16 @@ def _write_outcome(cfg: YnatConfig, space: SearchSpace, grid: Any, name: str, pa
     return TuneOutcome(name, path, table, best, best_yaml, csv_path, plot_path)
 
 
-def write_best_yaml(path: str, cfg: YnatConfig, space: SearchSpace, best: dict[str, Any], name: str) -> None:
+def write_best_yaml(path: str, cfg: TrainConfig, space: SearchSpace, best: dict[str, Any], name: str) -> None:
     """Every option the search fixed (space file and command line, where not the default) plus the winner's
-    searched values: a plain YnatConfig file that `ynat-ray train --config` runs as the trial ran."""
-    defaults = YnatConfig().to_dict()
-    values = {k: v for k, v in cfg.to_dict().items() if v != defaults[k] and k not in ("run_name", "progress_bar")}
+    searched values: a plain training config that `ynat-ray train --config` runs as the trial ran."""
+    defaults = TrainConfig().flat()
+    values = {k: v for k, v in cfg.flat().items() if v != defaults[k] and k not in ("run_name", "progress_bar")}
     values.update(space.fixed)
     for key in space.searched:
         value = best[key]
         values[key] = float(f"{value:.4g}") if isinstance(value, float) else value
-    YnatConfig.from_dict(values)  # what train will accept
+    TrainConfig.of(**values)  # what train will accept
     header = (
         f"# Best trial of `ynat-ray tune` run {name} ({best['trial']}): validation macro-F1 {best[METRIC]:.4f} "
         f"at epoch {best['best_epoch']}.\n# Search space: {space.path}\n"

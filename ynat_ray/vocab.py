@@ -6,17 +6,16 @@ checkpoint with no project code:
 - **WordPiece** (`train_wordpiece_tokenizer`): the usual BERT-style subword vocabulary.
 - **Syllable bigrams** (`train_char_bigram_tokenizer`, the default preset's): every word becomes its first
   syllable, each pair of neighbouring syllables, and its last syllable (`헌재 결정` -> 헌, 헌재, 재, 결, 결정,
-  정). Why: on 10k titles, a linear model over WordPiece tokens tops out at about 0.70 macro-F1 on KLUE's dev
-  rows, whatever the vocabulary size, while one over within-word character bigrams reaches 0.72-0.73 (docs/tuning.md,
-  round 7). A 4,000-piece WordPiece cuts a word one way only, so most of the overlapping pairs that carry a Korean
-  word's stem never reach the model; the bigram tokenizer hands all of them over.
+  정). Why: on 10k titles, a linear model over within-word character bigrams beats one over WordPiece tokens of
+  any vocabulary size (docs/tuning.md, round 7). A small WordPiece cuts a word one way only, so most of the
+  overlapping pairs that carry a Korean word's stem never reach the model; the bigram tokenizer hands all of them over.
 
 How bigrams fit a stock tokenizer, whose pre-tokenizer can only cut text into pieces that do not overlap: the
 normalizer writes every known character twice (`결정` -> `결결정정`), and a regex split takes the first character
 alone and then pairs (`결 | 결정 | 정`), which are exactly the overlapping bigrams. The doubling is a
-SentencePiece-style precompiled character map (`doubling_charsmap`): one pass per text, where a chain of ~1,400
-`Replace` normalizers took ~60x longer. Characters the training titles never showed are not doubled; their words
-fall back to single characters or [UNK], as unknown text does in any vocabulary.
+SentencePiece-style precompiled character map (`doubling_charsmap`): one pass per text, where a chain of one
+`Replace` normalizer per character was far slower (docs/tuning.md, round 7). Characters the training titles never
+showed are not doubled; their words fall back to single characters or [UNK], as unknown text does in any vocabulary.
 """
 
 from __future__ import annotations

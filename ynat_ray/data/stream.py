@@ -1,11 +1,11 @@
 """YNAT files through Ray Data: one validated read task per file, for training and predict-batch alike.
 
 Why one reader: training and `predict-batch` accept the same files, so they must parse, validate, number
-and name rows the same way. Each read task runs `data.read_file_rows` (parse + validate + the id/guid rule +
+and name rows the same way. Each read task runs `reading.read_file_rows` (parse + validate + the id/guid rule +
 the file's own 1-based row numbers) on one file and yields Arrow rows; Ray Data splits each task's output
 into blocks, so one big file still spreads over downstream tasks and actors. Skipped rows and per-file
 record counts go to a 0-CPU `RowLedger` actor, which the driver asks afterwards; bad rows reach the one
-quarantine writer, `data.write_quarantine`.
+quarantine writer, `quarantine.write_quarantine`. Read tasks receive only the `RowArgs` of the run.
 
 Training files never pass through the driver (`stream_file_splits`):
   1. count pass: read + validate every file; per block, a 65,536-bucket histogram of the rows' (seed, guid)
@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -31,30 +32,27 @@ import pyarrow as pa
 from ray.data import Datasource, ReadTask
 from ray.data.block import BlockMetadata
 
-from ynat_ray.config import YnatConfig
-from ynat_ray.data import (
+from ynat_ray.config import DataArgs, RowArgs
+from ynat_ray.data.files import expand_paths
+from ynat_ray.data.reading import read_file_rows, read_rows
+from ynat_ray.data.splits import (
     BUCKETS,
-    BadRow,
-    DataValidationError,
     HashOrder,
     HashSplit,
     Splits,
     check_hold_out,
-    expand_paths,
     hash_buckets,
     plan_hash_split,
-    read_file_rows,
-    read_rows,
     small_splits,
     split_hashes,
     split_ranks,
 )
+from ynat_ray.data.validation import BadRow, DataError, DataValidationError
+from ynat_ray.errors import UsageError
 from ynat_ray.labels import ID2LABEL
+from ynat_ray.resources import READ_CPUS
 
-# A read task parses and validates one file: light work. A quarter CPU means predictor actors (batch) or
-# Train workers can never take every CPU and starve it (Ray Data then stalls without an error).
-READ_CPUS = 0.25
-# Columns a read task yields besides the text column (named as in the input, cfg.text_column).
+# Columns a read task yields besides the text column (named as in the input, `RowArgs.text_column`).
 READER_COLUMNS = ("guid", "label", "gold", "source", "row")
 
 
@@ -75,17 +73,22 @@ class RowLedger:
         return sum(rows for rows, _ in self.files.values()), bad
 
 
+def row_args(rows: RowArgs) -> RowArgs:
+    """Just the `RowArgs` of `rows` (a `DataArgs` is one too): what a read task needs, and all it receives."""
+    return RowArgs(**{f.name: getattr(rows, f.name) for f in fields(RowArgs)})
+
+
 def row_ids(file_index: int, rows: np.ndarray) -> np.ndarray:
     """One int64 per input row, unique across a job's files: (index of the file in the job's list << 40) + row.
 
     predict-batch's resumable runs key their Ray Data checkpoint on it (`row_id`); the same arguments list the
-    same files in the same order (`data.expand_paths` sorts), so a rerun gives every row the same id.
+    same files in the same order (`files.expand_paths` sorts), so a rerun gives every row the same id.
     """
     return (np.int64(file_index) << np.int64(40)) + rows.astype(np.int64)
 
 
 def read_file(
-    path: str, cfg: YnatConfig, ledger: Any = None, require_label: bool = False, file_index: int | None = None, skip: Any = None
+    path: str, rows: RowArgs, ledger: Any = None, require_label: bool = False, file_index: int | None = None, skip: Any = None
 ) -> Iterator[pa.Table]:
     """Validate one file and yield its good rows: guid, <text column>, label, gold, source, row (and row_id
     when `file_index` is given, see `row_ids`, less the sorted row_ids in `skip`: a resumed predict-batch's done rows).
@@ -95,12 +98,12 @@ def read_file(
     """
     import ray
 
-    clean, records, bad = read_file_rows(path, cfg, require_label=require_label)
+    clean, records, bad = read_file_rows(path, rows, require_label=require_label)
     if ledger is not None:
         ray.get(ledger.record.remote(path, records, bad))
     columns: dict[str, Any] = {
         "guid": pa.array(clean["guid"].tolist(), pa.string()),
-        cfg.text_column: pa.array(clean["title"].tolist(), pa.string()),
+        rows.text_column: pa.array(clean["title"].tolist(), pa.string()),
         "label": pa.array(clean["label"].to_numpy(dtype=np.int64)),
         "gold": pa.array([ID2LABEL.get(int(i)) for i in clean["label"]], pa.string()),
         "source": pa.array([path] * len(clean), pa.string()),
@@ -124,10 +127,11 @@ class YnatFilesDatasource(Datasource):
     """
 
     def __init__(
-        self, files: list[str], cfg: YnatConfig, ledger: Any = None, *, require_label: bool = False, with_row_id: bool = False,
+        self, files: list[str], rows: RowArgs, ledger: Any = None, *, require_label: bool = False, with_row_id: bool = False,
         skip_row_ids: Any = None,
     ) -> None:  # fmt: skip
-        self.files, self.cfg, self.ledger, self.require_label = files, cfg, ledger, require_label
+        # Only the row options travel to the read tasks, even when the caller holds a DataArgs (a RowArgs too).
+        self.files, self.rows, self.ledger, self.require_label = files, row_args(rows), ledger, require_label
         self.with_row_id, self.skip_row_ids = with_row_id, skip_row_ids
 
     def get_name(self) -> str:
@@ -140,7 +144,7 @@ class YnatFilesDatasource(Datasource):
         return [
             ReadTask(
                 functools.partial(
-                    read_file, path, self.cfg, self.ledger, self.require_label, index if self.with_row_id else None, self.skip_row_ids
+                    read_file, path, self.rows, self.ledger, self.require_label, index if self.with_row_id else None, self.skip_row_ids
                 ),
                 BlockMetadata(num_rows=None, size_bytes=None, exec_stats=None, input_files=(path,)),
                 per_task_row_limit=per_task_row_limit,
@@ -149,17 +153,17 @@ class YnatFilesDatasource(Datasource):
         ]
 
 
-def read_dataset(files: list[str], cfg: YnatConfig, *, ledger: Any = None, require_label: bool = False, num_cpus: float = READ_CPUS) -> Any:
+def read_dataset(files: list[str], rows: RowArgs, *, ledger: Any = None, require_label: bool = False, num_cpus: float = READ_CPUS) -> Any:
     """The lazy Ray Dataset of validated rows from `files` (see `read_file` for the columns).
 
     One output block per file (more only past Ray Data's block-size limit): without `override_num_blocks`
     Ray Data cuts every file into ~200 / files blocks, and each block then costs a filter + tokenize task
-    (with the tokenizer to unpickle) -- on 2 CPUs that overhead halved training throughput. predict-batch
+    (with the tokenizer to unpickle), overhead that eats into training throughput on a few CPUs. predict-batch
     keeps the cutting (its blocks spread over actors; `batch.build_dataset`).
     """
     import ray
 
-    source = YnatFilesDatasource(files, cfg, ledger, require_label=require_label)
+    source = YnatFilesDatasource(files, rows, ledger, require_label=require_label)
     return ray.data.read_datasource(source, num_cpus=num_cpus, override_num_blocks=len(files))
 
 
@@ -224,7 +228,7 @@ def _train_rows(batch: pa.Table, split: HashSplit, text_column: str) -> pa.Table
     return pa.table({"title": batch.column(text_column).filter(mask), "label": batch.column("label").filter(mask)})
 
 
-def count_rows(files: list[str], cfg: YnatConfig, *, num_cpus: float = READ_CPUS) -> tuple[HashOrder, int, list[BadRow]]:
+def count_rows(files: list[str], data: DataArgs, *, num_cpus: float = READ_CPUS) -> tuple[HashOrder, int, list[BadRow]]:
     """Pass 1: read and validate every file in Ray Data tasks -> (hash histogram, records read, bad rows).
 
     With --on_bad_rows error this is where a malformed row stops the run, before any model is built.
@@ -233,8 +237,8 @@ def count_rows(files: list[str], cfg: YnatConfig, *, num_cpus: float = READ_CPUS
 
     ledger = ray.remote(num_cpus=0)(RowLedger).remote()
     try:
-        ds = read_dataset(files, cfg, ledger=ledger, require_label=True, num_cpus=num_cpus).map_batches(
-            _bucket_counts, fn_kwargs={"seed": cfg.seed}, batch_format="pyarrow", batch_size=None, num_cpus=num_cpus
+        ds = read_dataset(files, data, ledger=ledger, require_label=True, num_cpus=num_cpus).map_batches(
+            _bucket_counts, fn_kwargs={"seed": data.seed}, batch_format="pyarrow", batch_size=None, num_cpus=num_cpus
         )
         counts = np.zeros(BUCKETS, dtype=np.int64)
         with validation_errors():
@@ -249,15 +253,15 @@ def count_rows(files: list[str], cfg: YnatConfig, *, num_cpus: float = READ_CPUS
     return order, records, bad
 
 
-def collect_rows(files: list[str], cfg: YnatConfig, upto: int, extra: tuple[int, ...], *, num_cpus: float = READ_CPUS) -> pd.DataFrame:
+def collect_rows(files: list[str], data: DataArgs, upto: int, extra: tuple[int, ...], *, num_cpus: float = READ_CPUS) -> pd.DataFrame:
     """Pass 2: the rows of hash buckets <= upto and of the `extra` buckets, in file order, with their hash.
 
     Only these small sets reach the driver: the hold-out, a preset's tokenizer sample, and the one or two
     buckets where a threshold falls (about rows / 65,536 rows each).
     """
-    ds = read_dataset(files, cfg, require_label=True, num_cpus=num_cpus).map_batches(
+    ds = read_dataset(files, data, require_label=True, num_cpus=num_cpus).map_batches(
         _rows_in_buckets,
-        fn_kwargs={"seed": cfg.seed, "text_column": cfg.text_column, "upto": upto, "extra": extra},
+        fn_kwargs={"seed": data.seed, "text_column": data.text_column, "upto": upto, "extra": extra},
         batch_format="pyarrow",
         batch_size=None,
         num_cpus=num_cpus,
@@ -278,50 +282,65 @@ def _no_rows() -> pd.DataFrame:
     )  # fmt: skip
 
 
-def stream_file_splits(cfg: YnatConfig, *, tokenizer_rows: int = 0, task_cpus: float = READ_CPUS) -> Splits:
-    """Train/validation/test for training files without pulling the train split to the driver.
+def _boundary_buckets(order: HashOrder, hold_out: int, ranks: dict[str, int], tokenizer_rows: int) -> tuple[int, tuple[int, ...]]:
+    """(upto, extra): the collect pass keeps every row of buckets <= upto and of the `extra` buckets.
 
-    Same rows as `load_splits(cfg)` in memory (same hash rule, same thresholds). The train split is a lazy
-    Dataset of title/label rows whose tasks ask `task_cpus` each (at most the CPUs Train workers leave free).
+    Rows needed in full: the hold-out (below the validation boundary) and the tokenizer sample (just above
+    it; everything when the sample is all train rows). Hashes needed: the train-cap boundary bucket too.
     """
-    if cfg.text_column in READER_COLUMNS:
-        raise ValueError(f"--text_column {cfg.text_column!r} clashes with a column the reader adds ({', '.join(READER_COLUMNS)})")
-    files = expand_paths(cfg.data)
-    order, records, bad = count_rows(files, cfg)
-    hold_out = 0 if cfg.validation_data else cfg.validation_size
-    check_hold_out(hold_out, order.total)
-    ranks = split_ranks(hold_out, cfg.max_train_samples, tokenizer_rows)
-    # Rows needed in full: the hold-out (below the validation boundary) and the tokenizer sample (just above
-    # it; everything when the sample is all train rows). Hashes needed: the train-cap boundary bucket too.
     upto = order.bucket_at(hold_out) if hold_out else -1
     if tokenizer_rows:
         upto = max(upto, BUCKETS - 1 if order.bucket_at(ranks["tokenizer"]) is None else order.bucket_at(ranks["tokenizer"]))
     extra = tuple(b for b in [order.bucket_at(ranks["train"])] if b is not None) if "train" in ranks else ()
-    # Nothing held out, no cap, no tokenizer sample (--validation_data with a hub model): no second pass.
-    small = collect_rows(files, cfg, upto, extra) if upto >= 0 or extra else _no_rows()
-    hashes = small["hash"].to_numpy(dtype=np.uint64)
-    split, train_rows = plan_hash_split(order, hashes, cfg.seed, hold_out, cfg.max_train_samples)
-    if train_rows <= 0:
-        raise ValueError(f"no training rows left in {cfg.data} ({order.total} valid rows, {hold_out} held out)")
+    return upto, extra
 
-    sample = None
-    if tokenizer_rows:
-        below = order.value_at(ranks["tokenizer"], hashes)
-        picked = split.train_mask(hashes)
-        if below is not None:
-            picked &= hashes < np.uint64(below)
-        sample = small.loc[picked, "title"].tolist()
-    if cfg.validation_data:
-        valid = read_rows(cfg.validation_data, cfg, bad_rows=bad)
+
+def _tokenizer_sample(order: HashOrder, split: HashSplit, small: pd.DataFrame, hashes: np.ndarray, rank: int) -> list[str]:
+    """The train titles below the tokenizer-sample boundary (hash rank `rank`): a preset's bounded tokenizer corpus."""
+    below = order.value_at(rank, hashes)
+    picked = split.train_mask(hashes)
+    if below is not None:
+        picked &= hashes < np.uint64(below)
+    return small.loc[picked, "title"].tolist()
+
+
+def stream_file_splits(data: DataArgs, *, tokenizer_rows: int = 0, task_cpus: float = READ_CPUS) -> Splits:
+    """Train/validation/test for training files without pulling the train split to the driver.
+
+    Same rows as `sources.load_splits(data)` in memory (same hash rule, same thresholds). The train split is a
+    lazy Dataset of title/label rows whose tasks ask `task_cpus` each (at most the CPUs Train workers leave free).
+    """
+    if data.text_column in READER_COLUMNS:
+        raise UsageError(f"--text_column {data.text_column!r} clashes with a column the reader adds ({', '.join(READER_COLUMNS)})")
+    files = expand_paths(data.data)
+    order, records, bad = count_rows(files, data)
+    hold_out = 0 if data.validation_data else data.validation_size
+    check_hold_out(hold_out, order.total)
+    ranks = split_ranks(hold_out, data.max_train_samples, tokenizer_rows)
+    upto, extra = _boundary_buckets(order, hold_out, ranks, tokenizer_rows)
+    # Nothing held out, no cap, no tokenizer sample (--validation_data with a hub model): no second pass.
+    small = collect_rows(files, data, upto, extra) if upto >= 0 or extra else _no_rows()
+    hashes = small["hash"].to_numpy(dtype=np.uint64)
+    split, train_rows = plan_hash_split(order, hashes, data.seed, hold_out, data.max_train_samples)
+    if train_rows <= 0:
+        raise DataError(f"no training rows left in {data.data} ({order.total} valid rows, {hold_out} held out)")
+
+    sample = _tokenizer_sample(order, split, small, hashes, ranks["tokenizer"]) if tokenizer_rows else None
+    if data.validation_data:
+        valid = read_rows(data.validation_data, data, bad_rows=bad)
     else:
         valid = small.loc[split.validation_mask(hashes), ["guid", "title", "label", "source", "row"]].reset_index(drop=True)
         valid["label"] = valid["label"].astype("int64")
-    test = read_rows(cfg.test_data, cfg, bad_rows=bad) if cfg.test_data else None
+    test = read_rows(data.test_data, data, bad_rows=bad) if data.test_data else None
 
-    train = read_dataset(files, cfg, require_label=True, num_cpus=task_cpus).map_batches(
-        _train_rows, fn_kwargs={"split": split, "text_column": cfg.text_column}, batch_format="pyarrow", batch_size=None, num_cpus=task_cpus
+    train = read_dataset(files, data, require_label=True, num_cpus=task_cpus).map_batches(
+        _train_rows,
+        fn_kwargs={"split": split, "text_column": data.text_column},
+        batch_format="pyarrow",
+        batch_size=None,
+        num_cpus=task_cpus,
     )
-    splits = small_splits(cfg, None, valid, test, bad)
+    splits = small_splits(data, None, valid, test, bad)
     splits.train_stream, splits.train_rows, splits.tokenizer_sample = train, train_rows, sample
     splits.input_rows, splits.files = records, files
     return splits
