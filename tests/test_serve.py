@@ -15,7 +15,9 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -489,6 +491,160 @@ def test_texts_from_different_requests_share_batches(server: Server, titles: lis
     pytest.fail(f"no shared batch in 3 bursts; batch sizes {sizes}")
 
 
+class _Engine:
+    """The batch function a `Batcher` gets: records each batch and the thread it ran on, takes `seconds` per pass,
+    and holds a batch while its gate is closed (a forward pass in progress, as long as the test needs)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.threads: list[str] = []
+        self.seconds = 0.0
+        self.gate, self.running = threading.Event(), threading.Event()
+        self.gate.set()
+
+    def __call__(self, texts: list[str]) -> list[str]:
+        self.batches.append(list(texts))
+        self.threads.append(threading.current_thread().name)
+        time.sleep(self.seconds)
+        self.running.set()
+        assert self.gate.wait(30), "the test never opened the gate"
+        return [f"row:{t}" for t in texts]
+
+    async def hold_first_pass(self) -> None:
+        """Close the gate for the next batch and return once it computes."""
+        self.gate.clear()
+        self.running.clear()
+        assert await asyncio.to_thread(self.running.wait, 10)
+
+
+def _batching(scenario: Any, **options: Any) -> tuple[Any, _Engine]:
+    """Run `scenario(batcher, engine)` on a fresh event loop with a `Batcher` over a one-thread pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ynat_ray.serving.batching import Batcher
+
+    engine, sizes = _Engine(), []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute") as pool:
+        batcher = Batcher(engine, pool, **{"max_batch_size": 8, "wait_s": 60.0, **options})
+        batcher.on_batch = lambda size, seconds: sizes.append(size)
+        result = asyncio.run(scenario(batcher, engine))
+    assert sizes == [len(b) for b in engine.batches]  # on_batch heard of every batch computed
+    return result, engine
+
+
+def test_batcher_runs_a_lone_request_at_once_whatever_the_wait() -> None:
+    """Nothing else queued or on its way: the batch runs now, not after wait_s (60 s here)."""
+
+    async def scenario(batcher, engine):
+        return await asyncio.wait_for(batcher.submit(["a", "b"]), 10)
+
+    rows, engine = _batching(scenario)
+    assert rows == ["row:a", "row:b"] and engine.batches == [["a", "b"]]
+
+
+def test_batcher_texts_arriving_during_a_pass_share_the_next_one() -> None:
+    """Continuous batching: requests queued while a pass computes form the next batch, up to max_batch_size
+    (changed live), texts of one request split across passes when they must, and each gets its rows in order."""
+
+    async def scenario(batcher, engine):
+        first = asyncio.create_task(batcher.submit(["a"]))
+        await engine.hold_first_pass()
+        later = [asyncio.create_task(batcher.submit(texts)) for texts in (["b"], ["c", "d", "e", "f"], ["g"])]
+        await asyncio.sleep(0)  # they are queued
+        batcher.configure(max_batch_size=4, wait_s=60.0)
+        engine.gate.set()
+        return await asyncio.wait_for(asyncio.gather(first, *later), 10)
+
+    rows, engine = _batching(scenario, max_batch_size=2)
+    assert engine.batches == [["a"], ["b", "c", "d", "e"], ["f", "g"]]
+    assert rows == [["row:a"], ["row:b"], ["row:c", "row:d", "row:e", "row:f"], ["row:g"]]
+
+
+def test_batcher_waits_for_an_accepted_request_and_only_for_it() -> None:
+    """A request in the replica that has not queued its texts yet (`visit`) holds a partial batch until it does; one
+    that will not (`left()` without texts) releases it; a wait never outlasts wait_s."""
+
+    async def scenario(batcher, engine):
+        coming, lost = batcher.visit(), batcher.visit()
+        first = asyncio.create_task(batcher.submit(["a"]))
+        await asyncio.sleep(0.2)
+        waited = list(engine.batches)  # nothing ran: two requests are on their way (wait_s is 60 s)
+        second = asyncio.create_task(batcher.submit(["b"], coming))
+        await asyncio.sleep(0.2)
+        still = list(engine.batches)  # one is still on its way
+        lost.left()  # e.g. its body failed validation
+        rows = await asyncio.wait_for(asyncio.gather(first, second), 10)
+        batcher.configure(max_batch_size=8, wait_s=0.1)
+        batcher.visit()  # never queues: the wait ends after wait_s
+        rows.append(await asyncio.wait_for(batcher.submit(["c"]), 10))
+        return waited, still, rows, batcher.expected
+
+    (waited, still, rows, expected), engine = _batching(scenario)
+    assert waited == [] and still == []
+    assert engine.batches == [["a", "b"], ["c"]] and rows == [["row:a"], ["row:b"], ["row:c"]]
+    assert expected == 1
+
+
+def test_batcher_runs_a_lone_request_on_the_loop_only_when_that_is_safe() -> None:
+    """The one request in the replica, on a model whose last pass was short, runs on the event loop's thread (no hop
+    to the compute thread); with a second request in the replica, the compute thread busy, or a slow model, it runs
+    on the compute thread. Its rows are the same either way."""
+    from ynat_ray.serving.batching import INLINE_MAX_S
+
+    async def lone(batcher, texts: list[str]) -> list[str]:
+        visit = batcher.visit()
+        try:
+            return await asyncio.wait_for(batcher.submit(texts, visit), 10)
+        finally:
+            visit.left()
+
+    async def scenario(batcher, engine):
+        rows = [await lone(batcher, ["first"])]  # no pass measured yet: compute thread
+        rows.append(await lone(batcher, ["alone"]))
+        other = batcher.visit()  # a second request, still being read
+        other.queued()
+        rows.append(await lone(batcher, ["with-another"]))
+        other.left()
+        health = asyncio.create_task(batcher.on_compute(time.sleep, 0.2))
+        await asyncio.sleep(0.05)
+        rows.append(await lone(batcher, ["thread-busy"]))
+        await health
+        engine.seconds = 2 * INLINE_MAX_S
+        rows.append(await lone(batcher, ["slow-1"]))  # measured slow on the loop (its last pass was fast) ...
+        rows.append(await lone(batcher, ["slow-2"]))  # ... so the next runs on the compute thread
+        return rows
+
+    rows, engine = _batching(scenario)
+    assert rows == [["row:first"], ["row:alone"], ["row:with-another"], ["row:thread-busy"], ["row:slow-1"], ["row:slow-2"]]
+    loop_thread = threading.main_thread().name
+    assert engine.threads == ["compute_0", loop_thread, "compute_0", "compute_0", loop_thread, "compute_0"], engine.threads
+
+
+def test_batcher_skips_abandoned_texts_and_survives_a_failing_batch() -> None:
+    """Texts of a request that gave up (its timeout) are not computed; a batch function that raises fails its
+    batch's requests with that error, and the next batch runs."""
+
+    async def scenario(batcher, engine):
+        first = asyncio.create_task(batcher.submit(["a"]))
+        await engine.hold_first_pass()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(batcher.submit(["gone"]), 0.05)
+        kept = asyncio.create_task(batcher.submit(["b"]))
+        await asyncio.sleep(0)
+        engine.gate.set()
+        rows = await asyncio.wait_for(asyncio.gather(first, kept), 10)
+        batcher.run = lambda texts: 1 / 0
+        with pytest.raises(ZeroDivisionError), errors_logged() as logged:
+            await asyncio.wait_for(batcher.submit(["c", "d"]), 10)
+        batcher.run = engine
+        rows.append(await asyncio.wait_for(batcher.submit(["e"]), 10))
+        return rows, len(logged)
+
+    (rows, logged), engine = _batching(scenario)
+    assert engine.batches == [["a"], ["b"], ["e"]] and rows == [["row:a"], ["row:b"], ["row:e"]]
+    assert logged == 1  # the failing batch is logged once, with its traceback
+
+
 # ---- precision ------------------------------------------------------------------------------------
 def test_bf16_gives_the_fp32_labels(served_checkpoint: str, titles: list[str]) -> None:
     """bf16 autocast (forced; 'auto' picks it only on CPUs with AMX/AVX512-BF16) keeps the fp32 labels."""
@@ -523,24 +679,38 @@ def side_app(server: Server):
     serve.delete("side")
 
 
+def _slow_replica(side_app, seconds: float, **overrides: Any) -> str:
+    """A side app whose one replica's engine takes `seconds` per batch (the product's code, its model run slowed
+    by `_engine_faults`), with no health check during the test (each would also take `seconds`)."""
+    from ray import serve
+
+    url = side_app(_engine_faults(), health_check_period_s=600.0, **overrides)
+    serve.get_app_handle("side").slow_engine.remote(seconds).result()
+    return url
+
+
+async def _hold_and_knock(url: str, hold: list[str], knock: list[str]) -> tuple[list[httpx.Response], list[httpx.Response], float]:
+    """Fill a replica with one request per `hold` text, then send one `knock` request after another: the held
+    responses, the knocks' responses, and how long the knocks took."""
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        held = [asyncio.create_task(client.post("/predict", json={"inputs": t})) for t in hold]
+        await _until_busy(client)
+        started = time.monotonic()
+        turned_away = [await client.post("/predict", json={"inputs": t}) for t in knock]
+        took = time.monotonic() - started
+        return list(await asyncio.gather(*held)), turned_away, took
+
+
 def test_backpressure_answers_json_503_with_retry_after(side_app, titles: list[str]) -> None:
     """A replica holding max_ongoing_requests turns the next request away at once with a JSON 503.
 
-    Deterministic: two 1-text requests sit in a batch that waits 3 s to fill (16 texts), so the replica
-    is full for 3 s whatever the machine's speed; every request sent meanwhile must get the JSON 503.
+    Deterministic: the replica's engine takes 3 s per batch, so two 1-text requests (the first computing, the
+    second queued for the next pass) keep it full for 3 s or more whatever the machine's speed; every request
+    sent meanwhile must get the JSON 503. (The batcher runs a lone request at once, so a batch waiting to fill
+    can no longer hold a replica full.)
     """
-    url = side_app(max_ongoing_requests=2, max_batch_size=16, batch_wait_timeout_s=3.0)
-
-    async def scenario() -> tuple[list[httpx.Response], list[httpx.Response], float]:
-        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            held = [asyncio.create_task(client.post("/predict", json={"inputs": t})) for t in titles[:2]]
-            await _until_busy(client)
-            started = time.monotonic()
-            turned_away = [await client.post("/predict", json={"inputs": t}) for t in titles[3:13]]
-            took = time.monotonic() - started
-            return list(await asyncio.gather(*held)), turned_away, took
-
-    held, turned_away, took = asyncio.run(scenario())
+    url = _slow_replica(side_app, 3.0, max_ongoing_requests=2, max_batch_size=16)
+    held, turned_away, took = asyncio.run(_hold_and_knock(url, titles[:2], titles[3:13]))
     assert [r.status_code for r in held] == [200, 200]
     assert [r.status_code for r in turned_away] == [503] * 10
     for r in turned_away:  # JSON with Retry-After, answered at once (not queued behind the batch)
@@ -562,8 +732,8 @@ async def _until_busy(client: httpx.AsyncClient, timeout_s: float = 10.0) -> Non
 
 
 def test_request_timeout_answers_504(side_app, titles: list[str]) -> None:
-    """A batch that waits longer than request_timeout_s: the client gets a JSON 504, not a hang."""
-    url = side_app(max_batch_size=4, max_ongoing_requests=4, batch_wait_timeout_s=2.0, request_timeout_s=0.5)
+    """An engine slower than request_timeout_s: the client gets a JSON 504, not a hang."""
+    url = _slow_replica(side_app, 2.0, max_batch_size=4, max_ongoing_requests=4, request_timeout_s=0.5)
     started = time.monotonic()
     resp = post(url, {"inputs": titles[0]})
     assert resp.status_code == 504, resp.text
@@ -575,10 +745,10 @@ def test_request_timeout_answers_504(side_app, titles: list[str]) -> None:
 def _engine_faults() -> Any:
     """`YnatServer` with a few methods a test calls on the live replica through a Serve handle: make its tokenizer
     refuse one text, make its model run raise from now on (as a broken ONNX Runtime session or an out-of-memory
-    error would), and read back the errors the replica logged. Everything else is the product's own code.
+    error would) or take longer, and read back the errors the replica logged. Everything else is the product's own code.
 
     Defined in a function so that Serve ships the class to the replica by value, not by an import of this module;
-    its methods use nothing from this module but `logging`.
+    its methods use nothing from this module but `logging` (and `time`, imported where used).
     """
     from ynat_ray.serving.replica import YnatServer
 
@@ -598,6 +768,18 @@ def _engine_faults() -> Any:
                 raise RuntimeError(message)
 
             self.clf.runner = failing_run
+
+        def slow_engine(self, seconds: float) -> None:
+            """From now on each model run takes `seconds` more than the real one (0: the real speed again)."""
+            import time
+
+            run = self.real_run = getattr(self, "real_run", self.clf.runner)
+
+            def slow_run(input_ids, attention_mask):
+                time.sleep(seconds)
+                return run(input_ids, attention_mask)
+
+            self.clf.runner = slow_run
 
         def capture_errors(self) -> None:
             self.errors = []
@@ -651,6 +833,97 @@ def test_engine_failure_is_a_logged_json_500_and_a_refused_text_still_a_422(side
     assert responses[3].json()["error_type"] == "tokenizer"  # the refused text is still the text's fault
     logged = [(m, exc) for m, exc in replica.captured_errors.remote().result() if "model failed" in m]
     assert logged and all(exc == "RuntimeError" for _, exc in logged), logged  # logged with the exception's traceback
+
+
+# ---- Prometheus metrics (the replica's own, on Ray's metrics export port) ------------------------------
+def _scrape(port: int) -> tuple[str, list[tuple[str, Any]]]:
+    """Ray's metrics endpoint as text, and every sample with its family's type, read by prometheus_client's parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    return text, [(family.type, sample) for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def _replica_metrics(samples: list[tuple[str, Any]], replica: str) -> dict[str, Any]:
+    """What one replica exported, summed the way a dashboard would (sum by the label asked for)."""
+    from ynat_ray.serving.telemetry import EXPOSED, TOPIC_SLUGS
+
+    mine = [s for _, s in samples if s.labels.get("replica") == replica]
+
+    def total(name: str, **labels: str) -> float:
+        return sum(s.value for s in mine if s.name == name and labels.items() <= s.labels.items())
+
+    classes = ("2xx", "4xx", "5xx")
+    return {
+        "requests": {c: total(EXPOSED["requests"], status_class=c) for c in classes},
+        "latency_count": {c: total(f"{EXPOSED['latency']}_count", status_class=c) for c in classes},
+        "refused": total(EXPOSED["refused"]),
+        "texts": total(EXPOSED["texts"]),
+        "predictions": {label: n for label in LABELS if (n := total(EXPOSED["predictions"], label=TOPIC_SLUGS[label]))},
+    }
+
+
+def test_prometheus_metrics_count_what_was_sent(side_app, titles: list[str]) -> None:
+    """Known traffic to a fresh replica, then a scrape of Ray's metrics export port (Prometheus text format): the
+    replica's counters and histograms say what the client saw, by status class and by predicted label.
+
+    Traffic: with the engine slowed to 2 s per batch, 2 requests held and 3 turned away by admission control
+    (503); then, at full speed, 6 answered requests (8 texts, 1 and 3 per request) and 5 refused as the client's
+    fault (422 from the schema and from the handler, 413, 400). Ray pushes metrics every few seconds, so the
+    test polls (bounded).
+    """
+    import ray
+    from ray import serve
+
+    from ynat_ray.serving.telemetry import EXPOSED
+
+    url = _slow_replica(side_app, 2.0, max_ongoing_requests=2, max_batch_size=16)
+    held, turned_away, _ = asyncio.run(_hold_and_knock(url, titles[8:10], titles[10:13]))
+    assert [r.status_code for r in held + turned_away] == [200, 200, 503, 503, 503]
+    serve.get_app_handle("side").slow_engine.remote(0.0).result()
+    ok = [post(url, {"inputs": t}) for t in titles[:4]]
+    ok += [post(url, {"inputs": titles[4:7]}), post(url, {"inputs": titles[7], "parameters": {"top_k": 1}})]
+    bad = [post(url, body) for body in ({"inputs": ""}, {"inputs": "x", "foo": 1}, {"inputs": titles[0], "parameters": {"top_k": 8}})]
+    bad += [post(url, {"inputs": titles[:9]}), post(url, content='{"inputs": ')]
+    assert [r.status_code for r in ok + bad] == [200] * 6 + [422, 422, 422, 413, 400]
+
+    answered = [r for r in ok + bad + held + turned_away if r.status_code == 200]
+    top_labels = [per_text[0]["label"] for r in answered for per_text in r.json()]
+    want = {
+        "requests": {"2xx": 8, "4xx": 5, "5xx": 3},
+        "latency_count": {"2xx": 8, "4xx": 5, "5xx": 3},
+        "refused": 3,
+        "texts": 10,
+        "predictions": dict(Counter(top_labels)),
+    }
+    replica = answered[0].headers["x-replica-id"]
+    node = httpx.get(f"{url}/info").json()["node_id"]
+    port = next(n["MetricsExportPort"] for n in ray.nodes() if n["NodeID"] == node)
+    seen: dict[str, Any] = {}
+
+    def counted() -> bool:
+        nonlocal seen, text, samples
+        text, samples = _scrape(port)
+        seen = _replica_metrics(samples, replica)
+        return seen == want
+
+    text, samples = "", []
+    assert _wait(counted, 90, every_s=2.0), f"scraped {seen}, sent {want}"
+    types = {s.name: kind for kind, s in samples if s.labels.get("replica") == replica}
+    for key in ("requests", "refused", "texts", "predictions"):
+        assert types[EXPOSED[key]] == "counter", (key, types)
+        assert f"# TYPE {EXPOSED[key]} counter" in text  # the exposed name ends in _total exactly once
+    for key in ("latency", "batch_size", "engine"):
+        assert types[f"{EXPOSED[key]}_count"] == "histogram", (key, types)
+    assert "_total_total" not in text
+    mine = [s for _, s in samples if s.labels.get("replica") == replica]
+    # One observation per batch in both histograms, and at most one batch per text computed (10). (Their
+    # `_sum`s are not checked: Ray rebuilds histograms from bucket midpoints, so a sum is approximate, ray#64852.)
+    count = {s.name: s.value for s in mine if s.name.endswith("_count")}
+    assert count[f"{EXPOSED['engine']}_count"] == count[f"{EXPOSED['batch_size']}_count"], count
+    assert 1 <= count[f"{EXPOSED['batch_size']}_count"] <= 10, count
+    assert all(s.labels.get("application") == "side" and s.labels.get("deployment") == "YnatClassifier" for s in mine)
+    print("\n".join(line for line in text.splitlines() if "ray_ynat_" in line and replica in line and "_bucket" not in line))
 
 
 # ---- autoscaling and failure recovery -------------------------------------------------------------

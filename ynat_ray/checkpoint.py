@@ -46,13 +46,16 @@ class CheckpointError(YnatError):
 @dataclass(frozen=True)
 class RunSpec:
     """What inference needs to know about how a checkpoint was trained. `config` holds the run's data, model and
-    train option groups (`TrainConfig.run_spec_config`); checkpoints written before the groups hold one flat dict."""
+    train option groups (`TrainConfig.run_spec_config`); checkpoints written before the groups hold one flat dict.
+    `mlflow` is the run's MLflow run ({uri, run_id, experiment_id}; None when tracking was off): Train workers log
+    to it, and a checkpoint names the run that produced it."""
 
     max_length: int | None
     model: str | None
     labels: list[str]
     version: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    mlflow: dict[str, str] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -61,6 +64,7 @@ class RunSpec:
             "labels": self.labels,
             "ynat_ray_version": self.version,
             "config": self.config,
+            "mlflow": self.mlflow,
         }
 
     @classmethod
@@ -68,7 +72,9 @@ class RunSpec:
         if "config" not in values:  # the pre-0.2 file was the flat training config itself
             values = {"max_length": values.get("max_length"), "model": values.get("model"), "labels": [], "config": values}
         labels = list(values.get("labels") or [])
-        return cls(values.get("max_length"), values.get("model"), labels, values.get("ynat_ray_version"), values["config"])
+        return cls(
+            values.get("max_length"), values.get("model"), labels, values.get("ynat_ray_version"), values["config"], values.get("mlflow")
+        )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -201,6 +201,12 @@ class TrainArgs:
     placement_timeout_s: float = _placement_timeout_s()
     num_to_keep: int = _help("Checkpoints to keep, the best by validation macro-F1.", default=2)
     push_to_hub: str | None = _help("After training, push the best model + tokenizer to this hub repo id.", default=None)
+    tracking_uri: str | None = _help(
+        "MLflow tracking: an http(s):// tracking server, any MLflow store URI, or 'none' (off). Default: "
+        "MLFLOW_TRACKING_URI if set, else an embedded SQLite store <storage_path>/mlflow.db that needs no server "
+        "(off for s3:// or gs:// storage). The run's summary prints the `mlflow ui` command that shows it.",
+        default=None,
+    )
     verbose: bool = _verbose()
 
     def resolved_storage_path(self) -> str:
@@ -241,8 +247,12 @@ class LimitArgs:
     `serve deploy` that changes only these updates live replicas without restarting them."""
 
     _argument_group_name: ClassVar[str] = "replica limits (live-updatable)"
-    max_batch_size: int = _help("@serve.batch: most texts in one forward pass.", default=32)
-    batch_wait_timeout_s: float = _help("@serve.batch: wait this long for a batch to fill (docs/serving.md).", default=0.005)
+    max_batch_size: int = _help("Most texts in one forward pass (texts of concurrent requests share passes).", default=32)
+    batch_wait_timeout_s: float = _help(
+        "Most a partial batch waits for requests the replica already accepted (being read or validated); a lone "
+        "request never waits, and texts arriving during a forward pass form the next batch (docs/serving.md).",
+        default=0.005,
+    )
     max_texts_per_request: int = _help("Most texts in one request (else 413).", default=64)
     max_chars_per_text: int = _help("Longer texts are truncated to this many characters (docs/serving.md).", default=2000)
     retry_after_s: float = _help("Retry-After header (seconds) sent with 503s for backpressure or a replica that just died.", default=1.0)

@@ -26,6 +26,7 @@ from ray.data.collate_fn import NumpyBatchCollateFn
 from ynat_ray.checkpoint import RunSpec, read_history, save_checkpoint
 from ynat_ray.config import ModelArgs, TrainArgs, TrainConfig, is_uri
 from ynat_ray.features import pad_token_ids
+from ynat_ray.tracking import TrackedRun, flat_params, log_epoch, log_training_outcome, run_scope, start_run
 
 SCORE_METRIC = "val_macro_f1"
 # Test hook: make the last worker exit (as if its node died) after the first step of this 0-based
@@ -229,6 +230,8 @@ def validate_and_save(state: WorkerState, loop_config: dict[str, Any], metrics: 
         f"accuracy {scores['accuracy']:.4f} macro-F1 {scores['macro_f1']:.4f} ({metrics['train_samples_per_s']:.0f} samples/s)",
         flush=True,
     )
+    # Before the report: a worker lost between the two redoes this epoch (a repeated point) rather than skipping it.
+    log_epoch(loop_config["run_spec"].get("mlflow"), metrics)
     with tempfile.TemporaryDirectory() as tmp:
         resume = {
             "optimizer": state.optimizer.state_dict(),
@@ -341,13 +344,17 @@ class PreparedRun:
     tokenizer: Any
     datasets: dict[str, Any]
     plan: Any
+    tracking: TrackedRun | None = None  # its MLflow run (None: tracking off)
 
 
-def prepare_run(cfg: TrainConfig, cluster_cpus: float | None = None) -> PreparedRun:
-    """Rows, tokenizer, Ray Data token datasets and the CPU plan for one training run.
+def prepare_run(
+    cfg: TrainConfig, cluster_cpus: float | None = None, parent: TrackedRun | None = None, tags: dict[str, str] | None = None
+) -> PreparedRun:
+    """Rows, tokenizer, Ray Data token datasets, the CPU plan and the MLflow run for one training run.
 
     `cluster_cpus` is the share of the cluster this run may plan with: all of it for `ynat-ray train`, a
-    trial's share under `ynat-ray tune`, so concurrent trials each keep their own Ray Data reserve.
+    trial's share under `ynat-ray tune`, so concurrent trials each keep their own Ray Data reserve. `parent` is the
+    search's MLflow run under `ynat-ray tune` (the trial's run is its child) and `tags` mark the trial.
     """
     import ray
 
@@ -390,21 +397,25 @@ def prepare_run(cfg: TrainConfig, cluster_cpus: float | None = None) -> Prepared
         name: to_token_dataset(rows, tokenizer, model.train_max_length, materialize=materialize, task_cpus=plan.data_task_cpus)
         for name, rows in (("train", train_split), ("validation", splits.validation))
     }
-    return PreparedRun(cfg, run_name, storage, artifacts, splits, tokenizer, datasets, plan)
+    # Last, so a run that never got its data leaves no MLflow run open.
+    tracked = start_run(args.tracking_uri, storage, run_name, flat_params(cfg.run_spec_config()), parent, tags)
+    return PreparedRun(cfg, run_name, storage, artifacts, splits, tokenizer, datasets, plan, tracked)
 
 
-def run_spec(cfg: TrainConfig) -> RunSpec:
-    """What every checkpoint of this run records: the trained length, the model, the labels and the data, model
-    and train options (what inference and resume need; no serving or batch settings)."""
+def run_spec(cfg: TrainConfig, tracked: TrackedRun | None = None) -> RunSpec:
+    """What every checkpoint of this run records: the trained length, the model, the labels, the data, model
+    and train options (what inference and resume need; no serving or batch settings) and the MLflow run."""
     from ynat_ray import __version__
     from ynat_ray.labels import LABELS
 
-    return RunSpec(cfg.model.train_max_length, cfg.model.model, list(LABELS), __version__, cfg.run_spec_config())
+    mlflow = tracked.to_json() if tracked else None
+    return RunSpec(cfg.model.train_max_length, cfg.model.model, list(LABELS), __version__, cfg.run_spec_config(), mlflow)
 
 
 def worker_config(run: PreparedRun, fail_at_epoch: int | None) -> dict[str, Any]:
     """`train_loop_config`: a worker gets its roles' groups (model, train), the seed, the fitted tokenizer and the
-    run spec to record; whether the driver is on a terminal decides how epoch progress is drawn."""
+    run spec to record (with the MLflow run rank 0 logs to); whether the driver is on a terminal decides how epoch
+    progress is drawn."""
     from dataclasses import asdict
 
     from ynat_ray.progress import console_is_live
@@ -413,7 +424,7 @@ def worker_config(run: PreparedRun, fail_at_epoch: int | None) -> dict[str, Any]
         "model": asdict(run.cfg.model),
         "train": asdict(run.cfg.train),
         "seed": run.cfg.data.seed,
-        "run_spec": run_spec(run.cfg).to_json(),
+        "run_spec": run_spec(run.cfg, run.tracking).to_json(),
         "tokenizer": run.tokenizer,
         "train_rows": run.splits.train_rows,
         "torch_threads": run.plan.torch_threads,
@@ -428,8 +439,10 @@ def make_trainer(run: PreparedRun, callbacks: Iterable[Any] = ()) -> Any:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from ynat_ray.cluster import QUIET_WORKER_ENV
+    from ynat_ray.tracking import worker_env
 
     args, fail_at = run.cfg.train, os.environ.get(FAIL_AT_EPOCH_ENV)
+    env = {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **QUIET_WORKER_ENV, **(worker_env() if run.tracking else {})}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config=worker_config(run, int(fail_at) if fail_at else None),
@@ -449,7 +462,8 @@ def make_trainer(run: PreparedRun, callbacks: Iterable[Any] = ()) -> Any:
             ),
             # Train V2 routes workers' print() through a logger AND the original stream, so every line reached
             # the console twice; plain prints reach it once through Ray's log forwarding.
-            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0", **QUIET_WORKER_ENV}},
+            # (and rank 0 gets the driver's MLflow credentials: Ray passes no driver environment on).
+            worker_runtime_env={"env_vars": env},
             # Worker-group start-up, "Reporting training result ..." and friends: INFO that --verbose brings back.
             logging_config=ray.train.LoggingConfig(log_level="INFO" if args.verbose else "WARNING"),
             callbacks=list(callbacks),
@@ -468,19 +482,20 @@ def run_training(cfg: TrainConfig) -> TrainOutcome:
     init_ray(verbose=cfg.train.verbose)
     run = prepare_run(cfg)
     args = run.cfg.train
-    bundles = [run.plan.resources()] * args.num_workers
-    what = f"{args.num_workers} Train worker(s) x {run.plan.resources()}"
-    wait_for_placement(bundles, run.plan.placement_strategy, what, args.placement_timeout_s)
-    result = make_trainer(run).fit()
-    if result.error:
-        raise result.error
-    best = result.get_best_checkpoint(SCORE_METRIC, "max") or result.checkpoint
-    latest = result.checkpoint or best
-    run_dir = f"{run.storage.rstrip('/')}/{run.run_name}" if is_uri(run.storage) else os.path.join(run.storage, run.run_name)
-    return finish_run(
-        run.cfg, run.run_name, run_dir, storage_uri(run.storage, best.path), run.splits, run.artifacts,
-        history_from=storage_uri(run.storage, latest.path),
-    )  # fmt: skip
+    with run_scope(run.tracking):  # FINISHED, or FAILED with whatever stopped the run
+        bundles = [run.plan.resources()] * args.num_workers
+        what = f"{args.num_workers} Train worker(s) x {run.plan.resources()}"
+        wait_for_placement(bundles, run.plan.placement_strategy, what, args.placement_timeout_s)
+        result = make_trainer(run).fit()
+        if result.error:
+            raise result.error
+        best = result.get_best_checkpoint(SCORE_METRIC, "max") or result.checkpoint
+        latest = result.checkpoint or best
+        run_dir = f"{run.storage.rstrip('/')}/{run.run_name}" if is_uri(run.storage) else os.path.join(run.storage, run.run_name)
+        return finish_run(
+            run.cfg, run.run_name, run_dir, storage_uri(run.storage, best.path), run.splits, run.artifacts,
+            history_from=storage_uri(run.storage, latest.path), tracked=run.tracking,
+        )  # fmt: skip
 
 
 def storage_uri(storage: str, path: str) -> str:
@@ -492,28 +507,29 @@ def storage_uri(storage: str, path: str) -> str:
 
 
 def finish_run(
-    cfg: TrainConfig, run_name: str, run_dir: str, best_path: str, splits: Any, artifacts: str, history_from: str | None = None
-) -> TrainOutcome:
-    """Score the best checkpoint, write artifacts, print the summary, optionally push to the hub.
+    cfg: TrainConfig, run_name: str, run_dir: str, best_path: str, splits: Any, artifacts: str, history_from: str | None = None,
+    tracked: TrackedRun | None = None,
+) -> TrainOutcome:  # fmt: skip
+    """Score the best checkpoint, write artifacts, log them to MLflow, print the summary, optionally push to the hub.
 
     `history_from` is the newest checkpoint, whose metrics hold every epoch (the best one's stop at the best epoch).
     With URI storage the artifacts are written to a temporary folder and uploaded to `artifacts`.
     """
     if is_uri(artifacts):
         with tempfile.TemporaryDirectory(prefix="ynat-artifacts-") as tmp:
-            outcome = _finish_run(cfg, run_name, run_dir, best_path, splits, tmp, artifacts, history_from)
+            outcome = _finish_run(cfg, run_name, run_dir, best_path, splits, tmp, artifacts, history_from, tracked)
             import pyarrow.fs
 
             pyarrow.fs.copy_files(tmp, artifacts)
         return outcome
-    return _finish_run(cfg, run_name, run_dir, best_path, splits, artifacts, artifacts, history_from)
+    return _finish_run(cfg, run_name, run_dir, best_path, splits, artifacts, artifacts, history_from, tracked)
 
 
 def _finish_run(
     cfg: TrainConfig, run_name: str, run_dir: str, best_path: str, splits: Any, local_artifacts: str, artifacts: str,
-    history_from: str | None,
+    history_from: str | None, tracked: TrackedRun | None,
 ) -> TrainOutcome:  # fmt: skip
-    from ynat_ray.checkpoint import resolve_checkpoint
+    from ynat_ray.checkpoint import read_run_spec, resolve_checkpoint
     from ynat_ray.config import EngineArgs
     from ynat_ray.inference import load_engine
     from ynat_ray.metrics import score
@@ -529,11 +545,13 @@ def _finish_run(
     final.update(split=split_name, checkpoint=best_path, best_epoch=best_epoch)
     history = _full_history(history_from, best_history)
     write_artifacts(local_artifacts, history, final, f"{split_name} ({len(rows)} rows)")
+    log_training_outcome(tracked, read_run_spec(local_best).to_json(), local_artifacts, local_best, final)
     sample = rows.head(3)
     examples = [
         {"title": t, "gold": engine.id2label[g], **p} for t, g, p in zip(sample["title"], sample["label"], engine(sample["title"].tolist()))
     ]
-    print_summary(run_name, best_path, best_epoch, artifacts, parity, engine, split_name, final, examples)
+    where = tracked.where() if tracked else None
+    print_summary(run_name, best_path, best_epoch, artifacts, parity, engine, split_name, final, examples, where)
     if cfg.train.push_to_hub:
         from ynat_ray.checkpoint import push_checkpoint
 
@@ -570,15 +588,18 @@ def write_artifacts(folder: str, history: list[dict[str, Any]], final: dict[str,
 
 def print_summary(
     run_name: str, best_path: str, best_epoch: int, artifacts: str, parity: dict[str, Any], engine: Any, split_name: str,
-    final: dict[str, Any], examples: list[dict[str, Any]],
+    final: dict[str, Any], examples: list[dict[str, Any]], mlflow: str | None = None,
 ) -> None:  # fmt: skip
-    """The end-of-run block: where things are, the ONNX parity, the engine, the final scores and three examples."""
+    """The end-of-run block: where things are (the MLflow run too), the ONNX parity, the engine, the final scores and
+    three examples."""
     from ynat_ray.metrics import format_report
 
     print("\n" + "=" * 72)
     print(f"run          {run_name}")
     print(f"checkpoint   {best_path}  (best epoch {best_epoch} by validation macro-F1)")
     print(f"artifacts    {artifacts}")
+    if mlflow:
+        print(f"mlflow       {mlflow}")
     print(
         f"onnx         fp32 max |p - p_torch| {parity['fp32_max_abs_diff']:.1e}; int8 labels agree "
         f"{parity['int8_label_agreement']:.2%}, macro-F1 {parity['int8_macro_f1']:.4f} vs {parity['fp32_macro_f1']:.4f}"

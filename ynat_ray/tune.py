@@ -18,7 +18,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ import yaml
 from ray.tune import Callback
 
 from ynat_ray.config import TrainConfig, TuneConfig, UsageError, check_options, is_uri, read_text
+from ynat_ray.tracking import TRIAL_TAG, TrackedRun, run_scope
 from ynat_ray.train import SCORE_METRIC as METRIC
 from ynat_ray.train import unique_run_name
 
@@ -36,7 +37,7 @@ SPACE_KINDS = ("loguniform", "uniform", "randint", "choice", "grid")
 # What a trial's driver function holds: it only builds a TorchTrainer and waits (Tune refuses 0).
 TRIAL_DRIVER_CPUS = 0.05
 # Fields a search may not vary: they name the run or its storage, not the recipe.
-NOT_SEARCHABLE = {"run_name", "storage_path", "push_to_hub", "verbose", "progress_bar", "use_gpu", "num_workers"}
+NOT_SEARCHABLE = {"run_name", "storage_path", "push_to_hub", "verbose", "progress_bar", "use_gpu", "num_workers", "tracking_uri"}
 
 
 @dataclass
@@ -100,24 +101,37 @@ def load_space(path: str) -> SearchSpace:
     return SearchSpace(path, fixed, searched)
 
 
+def trial_label(trial_id: str) -> str:
+    """A trial's name in console lines, the results table and its MLflow run's tag: one spelling, so they line up."""
+    return f"trial-{trial_id}"
+
+
 def trial_name(trial: Any) -> str:
     """Stable per trial (Tune's trial id: experiment tag + index), so restores and logs line up."""
-    return f"trial-{trial.trial_id}"
+    return trial_label(trial.trial_id)
 
 
-def train_driver(params: dict[str, Any], base: dict[str, Any], trial_cpus: float, train_storage: str, tune_name: str) -> None:
-    """One trial: the base config with this trial's sampled values, trained by a TorchTrainer that reports to Tune."""
+def train_driver(
+    params: dict[str, Any], base: dict[str, Any], trial_cpus: float, train_storage: str, tune_name: str,
+    parent: dict[str, str] | None = None, tracking_env: dict[str, str] | None = None,
+) -> None:  # fmt: skip
+    """One trial: the base config with this trial's sampled values, trained by a TorchTrainer that reports to Tune.
+    Its MLflow run is a child of the search's (`parent`); `tracking_env` carries the driver's MLflow credentials,
+    which a trial's process does not inherit."""
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from ynat_ray.train import make_trainer, prepare_run
 
+    os.environ.update(tracking_env or {})
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = TrainConfig.of(**{**base, **params, "run_name": f"{tune_name}-{trial_id}", "storage_path": train_storage})
-    run = prepare_run(cfg, cluster_cpus=trial_cpus)
-    result = make_trainer(run, callbacks=[TuneReportCallback()]).fit()
-    if result.error:
-        raise result.error
+    parent_run = TrackedRun(**parent) if parent else None
+    run = prepare_run(cfg, cluster_cpus=trial_cpus, parent=parent_run, tags={TRIAL_TAG: trial_label(trial_id)})
+    with run_scope(run.tracking):  # a trial ASHA stops never gets here: the search's end closes its run (KILLED)
+        result = make_trainer(run, callbacks=[TuneReportCallback()]).fit()
+        if result.error:
+            raise result.error
 
 
 class TrialLines(Callback):
@@ -177,13 +191,13 @@ def check_scheduler(grace_period: int, reduction_factor: float, max_epochs: int)
 
 
 def run_tune(cfg: TuneConfig, space: SearchSpace) -> TuneOutcome:
-    """Run the search; write results.csv, trials.png and best.yaml; print the table."""
+    """Run the search; write results.csv, trials.png and best.yaml; print the table; track it in MLflow."""
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from ynat_ray.cluster import init_ray
     from ynat_ray.resources import trial_concurrency
+    from ynat_ray.tracking import worker_env
 
     search, args = cfg.tune, cfg.train
     recipe = cfg.trial().with_recipe()  # the epochs a trial runs when the space does not search them
@@ -196,22 +210,39 @@ def run_tune(cfg: TuneConfig, space: SearchSpace) -> TuneOutcome:
     name = args.run_name or unique_run_name(cfg.model.model, "tune")
     storage = args.resolved_storage_path()
     path = f"{storage}/{name}"  # the search's folder (a local absolute path or a URI: '/' joins both)
-    train_storage = f"{path}/train_runs"
-    base = cfg.trial().flat() | {"progress_bar": False}  # concurrent trials' bars would interleave; each epoch prints a line
+    parent = start_search_run(cfg, space, name, storage)
+    # Concurrent trials' bars would interleave (each epoch prints a line); trials log to the search's store, resolved here.
+    base = cfg.trial().flat() | {"progress_bar": False, "tracking_uri": parent.uri if parent else "none"}
     print(
         f"[ynat-ray] tune {name}: {search.num_samples} sample(s) of {len(space.searched)} searched option(s) from {space.path}; "
         f"{concurrency} trial(s) at a time, {trial_cpus:g} CPU each; ASHA on {METRIC} (grace {search.grace_period} epoch(s), "
         f"reduction {search.reduction_factor}, max {max_t} epochs)",
         flush=True,
     )
+    trainable = tune.with_parameters(
+        train_driver, base=base, trial_cpus=trial_cpus, train_storage=f"{path}/train_runs", tune_name=name,
+        parent=parent.to_json() if parent else None, tracking_env=worker_env(),
+    )  # fmt: skip
+    # The trial driver only builds a TorchTrainer; the trainer's workers and Ray Data ask for their own CPUs (planned
+    # inside `trial_cpus`), so the driver holds a sliver (Tune refuses an empty request) and concurrency is explicit.
+    trainable = tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPUS})
 
     def epochs_of(trial: Any) -> int:
         return int(trial.config.get("epochs") or recipe.train.epochs)
 
-    trainable = tune.with_parameters(train_driver, base=base, trial_cpus=trial_cpus, train_storage=train_storage, tune_name=name)
-    # The trial driver only builds a TorchTrainer; the trainer's workers and Ray Data ask for their own CPUs (planned
-    # inside `trial_cpus`), so the driver holds a sliver (Tune refuses an empty request) and concurrency is explicit.
-    trainable = tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPUS})
+    with run_scope(parent):
+        started = time.perf_counter()
+        grid = make_tuner(trainable, cfg, space, name, max_t, concurrency, epochs_of).fit()
+        print(f"[ynat-ray] search finished in {time.perf_counter() - started:.0f} s", flush=True)
+        return write_outcome(cfg.trial(), space, grid, name, path, search.out, parent)
+
+
+def make_tuner(trainable: Any, cfg: TuneConfig, space: SearchSpace, name: str, max_t: int, concurrency: int, epochs_of: Any) -> Any:
+    """The Tuner: ASHA on validation macro-F1 over the space, trials named `trial-<id>`, one console line per epoch."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    search = cfg.tune
     asha = ASHAScheduler(
         time_attr="training_iteration", max_t=max_t, grace_period=search.grace_period, reduction_factor=search.reduction_factor
     )
@@ -220,13 +251,23 @@ def run_tune(cfg: TuneConfig, space: SearchSpace) -> TuneOutcome:
         trial_name_creator=trial_name, trial_dirname_creator=trial_name,
     )  # fmt: skip
     run_config = tune.RunConfig(
-        name=name, storage_path=storage, callbacks=[TrialLines(list(space.searched), epochs_of)], verbose=0,
+        name=name, storage_path=cfg.train.resolved_storage_path(), callbacks=[TrialLines(list(space.searched), epochs_of)], verbose=0,
         failure_config=tune.FailureConfig(max_failures=search.trial_failures),  # trial level; worker level: --max_failures
     )  # fmt: skip
-    started = time.perf_counter()
-    grid = tune.Tuner(trainable, param_space=space.param_space(), tune_config=tune_config, run_config=run_config).fit()
-    print(f"[ynat-ray] search finished in {time.perf_counter() - started:.0f} s", flush=True)
-    return write_outcome(cfg.trial(), space, grid, name, path, search.out)
+    return tune.Tuner(trainable, param_space=space.param_space(), tune_config=tune_config, run_config=run_config)
+
+
+def start_search_run(cfg: TuneConfig, space: SearchSpace, name: str, storage: str) -> TrackedRun | None:
+    """The search's MLflow run (the parent of every trial's run): the options every trial shares and the searched
+    ranges as params (`search.<option>`), the space file as an artifact. None when tracking is off."""
+    from ynat_ray.tracking import attach_text, flat_params, start_run
+
+    options = flat_params({"tune": asdict(cfg.tune), **cfg.run_spec_config()})
+    shared = {k: v for k, v in options.items() if k.split(".")[-1] not in space.searched}
+    searched = {f"search.{k}": f"{kind} {args}" for k, (kind, args) in space.searched.items()}
+    parent = start_run(cfg.train.tracking_uri, storage, name, shared | searched, tags={"ynat.kind": "tune"})
+    attach_text(parent, read_text(space.path, "search space file"), "search_space.yaml")
+    return parent
 
 
 def trial_table(grid: Any, searched: list[str], epochs_default: int) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
@@ -235,7 +276,7 @@ def trial_table(grid: Any, searched: list[str], epochs_default: int) -> tuple[li
     for result in grid:
         history = [] if result.metrics_dataframe is None else result.metrics_dataframe.to_dict("records")
         history = [h for h in history if isinstance(h.get(METRIC), (int, float)) and not math.isnan(h[METRIC])]
-        name = f"trial-{result.metrics.get('trial_id', '?')}" if result.metrics else "trial-?"
+        name = trial_label(result.metrics.get("trial_id", "?") if result.metrics else "?")
         config = result.config or {}
         epochs = int(config.get("epochs", epochs_default))
         best = max(history, key=lambda h: h[METRIC]) if history else {}
@@ -257,22 +298,28 @@ def trial_table(grid: Any, searched: list[str], epochs_default: int) -> tuple[li
     return rows, curves
 
 
-def write_outcome(cfg: TrainConfig, space: SearchSpace, grid: Any, name: str, path: str, out_dir: str | None) -> TuneOutcome:
-    """results.csv, trials.png and best.yaml in `out_dir` (default: the search's folder, local or URI), and the printed table."""
+def write_outcome(
+    cfg: TrainConfig, space: SearchSpace, grid: Any, name: str, path: str, out_dir: str | None, parent: TrackedRun | None = None
+) -> TuneOutcome:
+    """results.csv, trials.png and best.yaml in `out_dir` (default: the search's folder, local or URI), and the printed
+    table; the three files and each trial's end also go to the search's MLflow run (`parent`)."""
     out = out_dir or path
     if not is_uri(out):
-        return _write_outcome(cfg, space, grid, name, path, out, out)
+        return _write_outcome(cfg, space, grid, name, path, out, out, parent)
     with tempfile.TemporaryDirectory(prefix="ynat-tune-") as tmp:  # written here, uploaded beside the search's trials
-        outcome = _write_outcome(cfg, space, grid, name, path, tmp, out)
+        outcome = _write_outcome(cfg, space, grid, name, path, tmp, out, parent)
         import pyarrow.fs
 
         pyarrow.fs.copy_files(tmp, out)
     return outcome
 
 
-def _write_outcome(cfg: TrainConfig, space: SearchSpace, grid: Any, name: str, path: str, local: str, out: str) -> TuneOutcome:
+def _write_outcome(
+    cfg: TrainConfig, space: SearchSpace, grid: Any, name: str, path: str, local: str, out: str, parent: TrackedRun | None
+) -> TuneOutcome:
     """Write the three files into the local folder `local`; paths printed and returned are under `out`."""
     from ynat_ray.artifacts import plot_trials
+    from ynat_ray.tracking import close_search
 
     searched = list(space.searched)
     table, curves = trial_table(grid, searched, cfg.with_recipe().train.epochs)
@@ -287,10 +334,13 @@ def _write_outcome(cfg: TrainConfig, space: SearchSpace, grid: Any, name: str, p
         raise RuntimeError(f"no trial of {name} reported {METRIC}; see the trial logs under {path}")
     best = scored[0]
     write_best_yaml(os.path.join(local, "best.yaml"), cfg, space, best, name)
+    close_search(parent, table, [os.path.join(local, f) for f in ("best.yaml", "results.csv", "trials.png")], METRIC)
     csv_path, plot_path, best_yaml = (f"{out.rstrip('/')}/{f}" for f in ("results.csv", "trials.png", "best.yaml"))
     print(format_table(table, searched))
     print(f"[ynat-ray] best {best['trial']}: {METRIC} {best[METRIC]:.4f} at epoch {best['best_epoch']}")
     print(f"[ynat-ray] wrote {csv_path}, {plot_path} and {best_yaml}  (ynat-ray train --config {best_yaml})", flush=True)
+    if parent is not None:
+        print(f"[ynat-ray] MLflow: the search and its {len(table)} trial run(s): {parent.where()}", flush=True)
     return TuneOutcome(name, path, table, best, best_yaml, csv_path, plot_path)
 
 

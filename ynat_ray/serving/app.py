@@ -30,6 +30,10 @@ APP_NAME = "ynat"
 # Serve lets this many requests more than max_ongoing_requests into a replica, so that the replica itself,
 # not Serve's proxy, answers the overflow (with its JSON 503) while those requests are being turned away.
 REJECT_HEADROOM = 64
+# The replica runs its request handlers on Serve's own event loop instead of a second loop in another thread
+# (Serve's default), which saves two thread hops per request. Safe here: no handler blocks its loop, since the
+# model runs on the replica's compute thread (Ray's RAY_SERVE_THROUGHPUT_OPTIMIZED mode sets the same).
+REPLICA_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
 
 
 def check_serving_config(cfg: ServeConfig) -> None:
@@ -74,7 +78,7 @@ def build_app(cfg: ServeConfig, deployment: Deployment = YnatServer) -> Applicat
         max_ongoing_requests=s.max_ongoing_requests + REJECT_HEADROOM,
         max_queued_requests=s.max_queued_requests,
         backpressure_config=BackpressureConfig(status_code=503, retry_after_s=cfg.limits.retry_after_s),
-        ray_actor_options={"num_cpus": s.replica_cpus, "num_gpus": s.replica_gpus},
+        ray_actor_options={"num_cpus": s.replica_cpus, "num_gpus": s.replica_gpus, "runtime_env": {"env_vars": dict(REPLICA_ENV)}},
         max_replicas_per_node=s.max_replicas_per_node,
         health_check_period_s=s.health_check_period_s,
         user_config=asdict(cfg.limits),

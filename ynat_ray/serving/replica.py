@@ -1,9 +1,11 @@
-"""The deployment: ONE class whose replicas hold the FastAPI app, `@serve.batch` and the engine.
+"""The deployment: ONE class whose replicas hold the FastAPI app, the batcher and the engine.
 
 Why one deployment: on a small machine every extra hop (proxy -> ingress replica -> model replica) costs
 more than batching saves (docs/serving.md, "How it is built"). Each replica parses and validates the
 request, answers bad input with a 4xx JSON message, cuts over-long texts, and batches *texts* from
-concurrent requests into shared forward passes of the inference engine (`ynat_ray.inference`).
+concurrent requests into shared forward passes of the inference engine (`ynat_ray.inference`), with
+continuous batching (`batching.Batcher`): a lone request runs at once, requests arriving during a forward
+pass share the next one.
 
 - Admission control lives in the replica: beyond `max_ongoing_requests` requests in one replica it answers
   a JSON 503 with `Retry-After` at once, so the client sees the same JSON shape whatever the ingress.
@@ -13,7 +15,11 @@ concurrent requests into shared forward passes of the inference engine (`ynat_ra
   answers); a model that fails while running the batch (a broken ONNX Runtime session, out of memory) is
   logged with its traceback and answered 500 with `error_type: engine`.
 - The model runs on one worker thread (ONNX Runtime releases the GIL), so the event loop keeps accepting
-  and validating requests while a batch computes, and the next batch is already queued when it ends.
+  and validating requests while a batch computes, and the next batch is already queued when it ends. A
+  request alone in the replica, on a fast model, runs its pass on the loop's thread (`batching`).
+- Every POST /predict is seen by `_TrackPredict` (ASGI middleware): it tells the batcher a request is in the
+  replica, and records the request's status class and latency (`telemetry.ReplicaMetrics`), also for bodies
+  FastAPI refuses before the handler runs.
 
 A replica receives only what it needs: its `EngineArgs`, its CPUs/GPUs, its admission limit and timeout as
 constructor arguments, and its `LimitArgs` as Serve's `user_config` (`reconfigure`).
@@ -33,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import ray
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 
@@ -41,6 +47,7 @@ from ynat_ray import __version__
 from ynat_ray.config import EngineArgs, LimitArgs
 from ynat_ray.inference import TextClassifier, format_predictions, load_engine
 from ynat_ray.runners import softmax
+from ynat_ray.serving.batching import Batcher, Visit
 from ynat_ray.serving.demo import DEMO_CSP, demo_page
 from ynat_ray.serving.schema import (
     ENGINE,
@@ -53,6 +60,7 @@ from ynat_ray.serving.schema import (
     PredictRequest,
     install_error_handlers,
 )
+from ynat_ray.serving.telemetry import ReplicaMetrics
 
 HEALTH_TEXT = "유튜브 내달 2일까지 크리에이터 지원 공간 운영"
 # Serve's replica logger: its lines land in the replica's log file with the request id, and on the driver's console.
@@ -83,8 +91,52 @@ class _BodyIsJson:
         await self.app(scope, receive, send)
 
 
-# Before `serve.ingress(api)` below: it freezes a copy of the app.
+VISIT = "ynat.visit"  # the ASGI scope key under which `_TrackPredict` hands the handler its `batching.Visit`
+
+
+class _TrackPredict:
+    """ASGI middleware around every POST .../predict, whoever answers it (FastAPI's validation, the handler, an
+    error handler).
+
+    - It tells the replica's batcher a request is in the replica (`Batcher.visit`) until it is answered, so a
+      partial batch may wait for requests that exist and only for them, and a request alone may skip the hop to
+      the compute thread; the handler passes the `Visit` on when it queues its texts.
+    - It records the status class and the time from arrival to answer (`ReplicaMetrics.request`). A body FastAPI
+      refuses (422) never reaches the handler, which is why this is middleware.
+
+    The replica is found through Serve's replica context: `serve.ingress` copies this app before any replica
+    exists, so the middleware cannot be handed the replica when it is added.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.replica: YnatServer | None = None
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("method") != "POST" or not scope.get("path", "").endswith("/predict"):
+            await self.app(scope, receive, send)
+            return
+        if self.replica is None:
+            self.replica = serve.get_replica_context().servable_object
+        replica, started, status = self.replica, time.perf_counter(), 500  # 500: an exception that escapes unanswered
+
+        async def send_and_note(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        visit = scope[VISIT] = replica.batcher.visit()
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            visit.left()  # also for a request that never queued texts (refused, invalid): no batch waits for it
+            replica.metrics.request(status, time.perf_counter() - started)
+
+
+# Before `serve.ingress(api)` below: it freezes a copy of the app. The last added is the outermost.
 api.add_middleware(_BodyIsJson)
+api.add_middleware(_TrackPredict)
 install_error_handlers(api)
 
 
@@ -183,11 +235,16 @@ class YnatServer:
     def __init__(self, engine: EngineArgs, *, cpus: float, gpus: float, max_ongoing_requests: int, request_timeout_s: float) -> None:
         self.clf = load_engine(engine, cpus=cpus, gpus=gpus)
         self.max_ongoing_requests, self.request_timeout_s = max_ongoing_requests, request_timeout_s
-        # One thread runs every tokenizer and model call: the fast tokenizer must not be called from two
-        # threads at once, and one compute thread per replica is what its CPU budget allows anyway.
+        # One thread runs the tokenizer and model calls (through the batcher, which alone decides when a lone
+        # request's pass may run on the loop instead): the fast tokenizer must not be called from two threads at
+        # once, and one compute thread per replica is what its CPU budget allows anyway.
         self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ynat-model")
         self.inflight = 0
-        self.reconfigure(asdict(LimitArgs()))  # Serve calls it again with the deployment's user_config before any request
+        self.metrics = ReplicaMetrics(self.clf.labels)
+        limits = LimitArgs()
+        self.batcher = Batcher(self._run_batch, self.compute, max_batch_size=limits.max_batch_size, wait_s=limits.batch_wait_timeout_s)
+        self.batcher.on_batch = self.metrics.batch
+        self.reconfigure(asdict(limits))  # Serve calls it again with the deployment's user_config before any request
         self.description = engine_description(self.clf, engine.checkpoint)
         self.demo_html = demo_page(self.clf.labels)  # read once per replica: a missing asset fails start-up, not a visitor
         # Which replica, on which node, answered: the X-Replica-Id header and /info say it (on a cluster, a client can
@@ -201,27 +258,24 @@ class YnatServer:
         """This replica's `LimitArgs`, given as Serve's user_config (Ray Serve's batching guide), so `serve deploy`
         with new limits updates live replicas without restarting them."""
         self.limits = LimitArgs(**user_config)
-        self.forward.set_max_batch_size(self.limits.max_batch_size)
-        self.forward.set_batch_wait_timeout_s(self.limits.batch_wait_timeout_s)
+        self.batcher.configure(self.limits.max_batch_size, self.limits.batch_wait_timeout_s)
         self.retry_after = {"Retry-After": str(max(1, math.ceil(self.limits.retry_after_s)))}
 
-    # Defaults only: reconfigure() sets both from the limits.
-    @serve.batch(max_batch_size=LimitArgs.max_batch_size, batch_wait_timeout_s=LimitArgs.batch_wait_timeout_s)
-    async def forward(self, texts: list[str]) -> list[Any]:
-        """Rows for texts from any number of requests (see `batch_logits`)."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.compute, batch_logits, self.clf.encode, self.clf.runner, texts)
+    def _run_batch(self, texts: list[str]) -> list[Any]:
+        """One batch of texts from any number of requests, on the compute thread (see `batch_logits`). Reads the
+        engine's `encode` and `runner` at each call, so a test can swap them on a live replica."""
+        return batch_logits(self.clf.encode, self.clf.runner, texts)
 
     async def check_health(self) -> None:
         """Serve calls this every health_check_period_s; a real forward pass catches a broken model, not just a live process."""
-        logits = await asyncio.get_running_loop().run_in_executor(self.compute, self.clf.logits, [HEALTH_TEXT], 1)
+        logits = await self.batcher.on_compute(self.clf.logits, [HEALTH_TEXT], 1)
         if not np.isfinite(logits).all():
             raise RuntimeError("health check: the model produced non-finite logits")
 
-    async def _logits(self, texts: list[str]) -> tuple[np.ndarray, int]:
+    async def _logits(self, texts: list[str], visit: Visit | None) -> tuple[np.ndarray, int]:
         """Each text joins the shared batch queue on its own, so texts of different requests share passes."""
         try:
-            rows = await asyncio.wait_for(asyncio.gather(*(self.forward(t) for t in texts)), self.request_timeout_s)
+            rows = await asyncio.wait_for(self.batcher.submit(texts, visit), self.request_timeout_s)
         except asyncio.TimeoutError as err:
             raise ApiError(504, f"no answer from the model within {self.request_timeout_s:g}s", error_type=TIMEOUT) from err
         for i, row in enumerate(rows):  # the tokenizer runs first, so its verdict comes first
@@ -245,17 +299,18 @@ class YnatServer:
             504: {"description": "The model did not answer within request_timeout_s."},
         },
     )  # fmt: skip
-    async def predict(self, body: PredictRequest) -> JSONResponse:
+    async def predict(self, body: PredictRequest, request: Request) -> JSONResponse:
         """Classify one title or a list of titles; answers `[[{"label": "생활문화", "score": 0.93}, ...], ...]`."""
         if self.inflight >= self.max_ongoing_requests:
+            self.metrics.refusal()
             raise ApiError(503, "server busy: too many requests in flight; retry later", self.retry_after, error_type=OVERLOADED)
         self.inflight += 1
         try:
-            return await self._predict(body)
+            return await self._predict(body, request.scope.get(VISIT))
         finally:
             self.inflight -= 1
 
-    async def _predict(self, body: PredictRequest) -> JSONResponse:
+    async def _predict(self, body: PredictRequest, visit: Visit | None) -> JSONResponse:
         started = time.perf_counter()
         texts = apply_limits([body.inputs] if isinstance(body.inputs, str) else list(body.inputs), body.truncate, self.limits)
         params = body.parameters or Parameters()
@@ -266,11 +321,12 @@ class YnatServer:
         if body.raw_scores and function != "none":
             raise ApiError(422, f"raw_scores=true conflicts with parameters.function_to_apply={function!r}")
         if not body.truncate:
-            lengths = await asyncio.get_running_loop().run_in_executor(self.compute, self.clf.token_lengths, texts)
+            lengths = await self.batcher.on_compute(self.clf.token_lengths, texts)
             for i, n in enumerate(lengths):
                 if n > self.clf.max_length:
                     raise ApiError(413, f"inputs[{i}] has {n} tokens, over max_input_length {self.clf.max_length}; send truncate=true")
-        logits, batch_size = await self._logits(texts)
+        logits, batch_size = await self._logits(texts, visit)
+        self.metrics.scored(logits.argmax(axis=1))
         scores = {"softmax": softmax, "sigmoid": sigmoid, "none": lambda x: x}[function](logits)
         predictions = format_predictions(scores, dict(enumerate(labels)), params.top_k)
         elapsed_ms = (time.perf_counter() - started) * 1000
