@@ -130,13 +130,18 @@ def commands(plan: Plan, work: str, checkpoint: str = "", port: int = 0) -> dict
     }  # fmt: skip
 
 
+# `ynat-ray serve` waits for Serve's controller to be gone (up to 150 s) before it exits; killing it sooner would
+# leave Serve running on the cluster, where the next `ynat-ray serve` would find it on the old port.
+STOP_WAIT_S = 180
+
+
 def stop(proc: subprocess.Popen) -> None:
     """SIGTERM (serve drains, then shuts its Ray down); SIGKILL to the process group started here if it hangs. The
     commands run in their own session, so stopping them is this script's job (a no-op for one that has exited)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=60)
+            proc.wait(timeout=STOP_WAIT_S)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -475,7 +475,7 @@ def start_serve(cfg: Any) -> tuple[str, dict[str, Any]]:
 def run_serve(
     checkpoint: str, model: str, client: LoadClient, plan: list[tuple[int, int]], args: argparse.Namespace, ingress: str, extra: bool = False,
 ) -> tuple[list[Cell], list[str], dict[str, Any]]:  # fmt: skip
-    from ray import serve
+    from ynat_ray.serving.ingress import stop_serve
 
     size, wait = batch_settings(args, model)
     cfg = serve_config(checkpoint, args, common.free_port(), ingress, size, wait)
@@ -495,7 +495,7 @@ def run_serve(
             print_profile(f"{model}/{server} replica", prof)
         return cells, top, {"ingress_requested": ingress, "ingress_used": used, "info": info, "processes": {k: len(v) for k, v in pids.items()}}
     finally:
-        serve.shutdown()
+        stop_serve()
 
 
 def run_sweep(checkpoint: str, model: str, client: LoadClient, args: argparse.Namespace) -> list[Cell]:
@@ -503,6 +503,7 @@ def run_sweep(checkpoint: str, model: str, client: LoadClient, args: argparse.Na
     from ray import serve
 
     from ynat_ray.serving.app import build_app
+    from ynat_ray.serving.ingress import stop_serve
 
     plan = [(n, c) for n in args.texts for c in args.concurrency]
     cells: list[Cell] = []
@@ -522,7 +523,7 @@ def run_sweep(checkpoint: str, model: str, client: LoadClient, args: argparse.Na
             print(f"== sweep {model} ({used}): {settings}", flush=True)
             cells += measure(f"serve-{used}", model, f"http://127.0.0.1:{port}", client, plan, args, CpuMeter.serve_processes(), settings)
     finally:
-        serve.shutdown()
+        stop_serve()
     return cells
 
 

@@ -1,7 +1,7 @@
 """The honest yardstick for the offline default: char n-gram TF-IDF + logistic regression on the same rows.
 
-This file is the yardstick's one definition (`tfidf_vectorizer`, `classifier`, `yardstick`, C = `C`); every bench
-script that scores "the char TF-IDF baseline" imports it from here. Run as a script, it trains on the embedded
+The yardstick is defined once, in `ynat_ray.linear` (`ynat-ray train --teacher linear` distills from the same
+model); every bench script that scores "the char TF-IDF baseline" imports it through here. Run as a script, it trains on the embedded
 train split (10k real YNAT titles), shows that C was chosen on the embedded validation split only (macro-F1 for
 each C of `C_GRID`), and reports macro-F1 on the embedded test split, the rows `ynat-ray train` reports on.
 Single process, about a minute.
@@ -17,29 +17,12 @@ import time
 from typing import Any
 
 import common
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score
-from sklearn.pipeline import Pipeline, make_pipeline
 
-C = 10.0  # the best of C_GRID on the embedded validation split (run this script to see the grid)
+from ynat_ray.linear import C, classifier, tfidf_vectorizer, yardstick
+
+__all__ = ["C", "C_GRID", "classifier", "macro_f1", "tfidf_vectorizer", "yardstick"]
 C_GRID = (1.0, 3.0, 10.0, 30.0)
-MAX_ITER = 3000  # lbfgs converges in well under this on every feature set of bench/linear_features.py
-
-
-def tfidf_vectorizer(ngram_range: tuple[int, int] = (1, 3)) -> TfidfVectorizer:
-    """The yardstick's features: char n-grams inside words, sublinear tf (bench/linear_features.py varies the n-grams)."""
-    return TfidfVectorizer(analyzer="char_wb", ngram_range=ngram_range, sublinear_tf=True, min_df=2)
-
-
-def classifier(c: float = C) -> LogisticRegression:
-    """The yardstick's classifier (bench/linear_features.py puts other features in front of it)."""
-    return LogisticRegression(C=c, max_iter=MAX_ITER)
-
-
-def yardstick(c: float = C) -> Pipeline:
-    """Vectorizer + classifier: `.fit(titles, labels)`, then `.predict(titles)`."""
-    return make_pipeline(tfidf_vectorizer(), classifier(c))
 
 
 def macro_f1(gold: Any, predicted: Any) -> float:

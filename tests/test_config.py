@@ -65,9 +65,9 @@ def test_of_refuses_another_commands_option() -> None:
     assert (cfg.engine.checkpoint, cfg.rows.text_column, cfg.batch.num_actors) == ("c", "body", 2)
 
 
-def test_run_spec_records_data_model_and_train_only() -> None:
-    spec = TrainConfig.of(epochs=2, max_length=48).run_spec_config()
-    assert set(spec) == {"data", "model", "train"}
+def test_run_spec_records_data_model_train_and_distillation_only() -> None:
+    spec = TrainConfig.of(epochs=2, max_length=48, teacher="linear").run_spec_config()
+    assert set(spec) == {"data", "model", "train", "distill"} and spec["distill"]["teacher"] == "linear"
     assert spec["model"]["max_length"] == 48 and spec["train"]["epochs"] == 2
     flat = {k for group in spec.values() for k in group}
     assert not flat & {"port", "host", "num_actors", "checkpoint", "max_batch_size"}

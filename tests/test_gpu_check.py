@@ -53,11 +53,13 @@ def test_every_command_line_parses_and_the_gpu_plan_uses_the_gpu(gpu_check: Modu
     assert {cfg.engine.checkpoint for name, cfg in cfgs.items() if name != "train"} == {"/ckpt"}
 
 
-def test_cpu_dry_run_runs_every_command(gpu_check: ModuleType, ray_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cpu_dry_run_runs_every_command(gpu_check: ModuleType, ray_session, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ynat_ray.labels import LABELS
+    from ynat_ray.serving.ingress import serve_running
 
-    monkeypatch.setenv("RAY_ADDRESS", ray_cluster.address)  # the commands join the session cluster, not 4 new ones
+    monkeypatch.setenv("RAY_ADDRESS", ray_session.address)  # the commands join the session cluster, not 4 new ones
     results = gpu_check.main(["--dry_run", "--out", str(tmp_path)])
+    assert not serve_running(), "a SIGTERMed `ynat-ray serve` must leave no Serve behind on the cluster it joined"
 
     steps, plan = results["steps"], results["plan"]
     assert list(steps) == ["train", "serve", "predict-batch", "evaluate"]

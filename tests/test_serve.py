@@ -79,9 +79,8 @@ def _cfg(checkpoint: str, **overrides: Any) -> ServeConfig:
 
 @pytest.fixture(scope="module")
 def server(ray_session, served_checkpoint: str):
-    from ray import serve
-
     from ynat_ray.serving import app
+    from ynat_ray.serving.ingress import stop_serve
 
     assert app.APP_NAME == APP_NAME
     cfg = _cfg(served_checkpoint, port=free_port())
@@ -89,7 +88,7 @@ def server(ray_session, served_checkpoint: str):
     try:
         yield Server(f"http://127.0.0.1:{cfg.serve.port}", cfg, served_checkpoint, ingress)
     finally:
-        serve.shutdown()
+        stop_serve()
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +141,17 @@ def test_info_health_and_readiness(server: Server) -> None:
     schema = httpx.get(f"{server.url}/openapi.json").json()
     assert {"PredictRequest", "Parameters", "Prediction"} <= set(schema["components"]["schemas"])
     assert httpx.get(f"{server.url}/docs").status_code == 200
+
+
+def test_a_second_deploy_on_another_port_is_one_line_and_leaves_serve_alone(server: Server) -> None:
+    """Serve has one HTTP port per cluster: `serve.start` would silently keep the running one, and the new app
+    would answer where nobody looks. The deploy stops with the port in use instead, touching nothing."""
+    from ynat_ray.errors import UsageError
+    from ynat_ray.serving.app import deploy
+
+    with pytest.raises(UsageError, match=rf"Serve already runs on this cluster on port {server.cfg.serve.port}; deploy there with --port"):
+        deploy(_cfg(server.checkpoint, port=free_port()), name="elsewhere", route_prefix="/elsewhere")
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
 
 
 # ---- the happy path, against transformers.pipeline ----------------------------------------------

@@ -217,6 +217,27 @@ class TrainArgs:
 
 
 @dataclass
+class DistillArgs:
+    """Knowledge distillation: a teacher's softened probabilities as a second target beside the gold labels
+    (docs/training.md#distillation). The teacher scores the training rows once, before training, in Ray Data actors."""
+
+    _argument_group_name: ClassVar[str] = "distillation"
+    teacher: str | None = _help(
+        "Distill from this teacher: a ynat-ray checkpoint (local dir, URI or hub id) or 'linear' (the char TF-IDF + "
+        "logistic-regression yardstick, ynat_ray/linear.py, scored out-of-fold). Default: no teacher.",
+        default=None,
+    )
+    distill_weight: float = _help(
+        "Weight of the teacher's term in the loss: (1 - w) * cross-entropy(gold) + w * T^2 * KL(teacher || student).",
+        default=0.5,
+    )
+    distill_temperature: float = _help("Temperature T that softens both the teacher's and the student's probabilities.", default=2.0)
+    teacher_actors: int = _help("Ray Data actors scoring the training rows with a checkpoint teacher.", default=1)
+    teacher_cpus: float = _help("CPUs per teacher actor (and for fitting the linear teacher).", default=1.0)
+    teacher_gpus: float = _help("GPUs per teacher actor (a large teacher on a GPU node; the Train workers never load it).", default=0.0)
+
+
+@dataclass
 class EngineArgs:
     """Which checkpoint the inference engine loads, and how it runs it (docs/engine.md)."""
 
@@ -348,7 +369,9 @@ class TuneArgs:
     out: str | None = _help("Directory for results.csv, trials.png, best.yaml (default: the search's folder).", default=None)
 
 
-GROUPS: tuple[type, ...] = (RowArgs, DataArgs, ModelArgs, TrainArgs, EngineArgs, LocalArgs, LimitArgs, ServeArgs, BatchArgs, TuneArgs)
+GROUPS: tuple[type, ...] = (
+    RowArgs, DataArgs, ModelArgs, TrainArgs, DistillArgs, EngineArgs, LocalArgs, LimitArgs, ServeArgs, BatchArgs, TuneArgs,
+)  # fmt: skip
 
 
 def option_names(group: type) -> list[str]:
@@ -403,6 +426,7 @@ class TrainConfig(CommandConfig):
     data: DataArgs = field(default_factory=DataArgs)
     model: ModelArgs = field(default_factory=ModelArgs)
     train: TrainArgs = field(default_factory=TrainArgs)
+    distill: DistillArgs = field(default_factory=DistillArgs)
 
     def with_recipe(self) -> TrainConfig:
         """A copy whose recipe options left at None (learning rate, epochs, batch size, warmup, weight decay, token
@@ -419,8 +443,9 @@ class TrainConfig(CommandConfig):
         return replace(self, model=filled(self.model), train=filled(self.train))
 
     def run_spec_config(self) -> dict[str, dict[str, Any]]:
-        """What a checkpoint records of its run: the data, model and train groups (what inference and resume need)."""
-        return {"data": asdict(self.data), "model": asdict(self.model), "train": asdict(self.train)}
+        """What a checkpoint records of its run: the data, model, train and distillation groups (what inference and
+        resume need, and which teacher taught it)."""
+        return {"data": asdict(self.data), "model": asdict(self.model), "train": asdict(self.train), "distill": asdict(self.distill)}
 
 
 @dataclass
@@ -434,7 +459,7 @@ class TuneConfig(TrainConfig):
 
     def trial(self) -> TrainConfig:
         """The training options every trial starts from."""
-        return TrainConfig(data=self.data, model=self.model, train=self.train)
+        return TrainConfig(data=self.data, model=self.model, train=self.train, distill=self.distill)
 
 
 @dataclass

@@ -17,16 +17,21 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+TEACHER_COLUMN = "teacher_probs"  # a distillation teacher's probabilities (ynat_ray.distill), carried to the collate
+
 
 def tokenize_batch(batch: pd.DataFrame, tokenizer: Any, max_length: int) -> pa.Table:
-    """Token ids (unpadded, truncated to max_length) and labels for one batch of canonical rows."""
+    """Token ids (unpadded, truncated to max_length) and labels for one batch of canonical rows (and the teacher's
+    probabilities, when a distillation teacher scored the rows)."""
     enc = tokenizer(batch["title"].tolist(), truncation=True, max_length=max_length, padding=False)
-    return pa.table(
-        {
-            "input_ids": pa.array(enc["input_ids"], type=pa.list_(pa.int32())),
-            "labels": pa.array(batch["label"].to_numpy(dtype=np.int64)),
-        }
-    )
+    columns = {
+        "input_ids": pa.array(enc["input_ids"], type=pa.list_(pa.int32())),
+        "labels": pa.array(batch["label"].to_numpy(dtype=np.int64)),
+    }
+    if TEACHER_COLUMN in batch:
+        probs = np.stack(batch[TEACHER_COLUMN].to_numpy()).astype(np.float32)
+        columns[TEACHER_COLUMN] = pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), probs.shape[1])
+    return pa.table(columns)
 
 
 def to_token_dataset(
@@ -41,7 +46,7 @@ def to_token_dataset(
     import ray
 
     if isinstance(rows, pd.DataFrame):
-        frame = rows[["title", "label"]].reset_index(drop=True)
+        frame = rows[["title", "label", *([TEACHER_COLUMN] if TEACHER_COLUMN in rows else [])]].reset_index(drop=True)
         step = max(1, -(-len(frame) // blocks))
         ds = ray.data.from_pandas([frame.iloc[i : i + step] for i in range(0, max(len(frame), 1), step)])
     else:

@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 from ray.data.collate_fn import NumpyBatchCollateFn
 
 from ynat_ray.checkpoint import RunSpec, read_history, save_checkpoint
-from ynat_ray.config import ModelArgs, TrainArgs, TrainConfig, is_uri
-from ynat_ray.features import pad_token_ids
+from ynat_ray.config import DistillArgs, ModelArgs, TrainArgs, TrainConfig, is_uri
+from ynat_ray.features import TEACHER_COLUMN, pad_token_ids
 from ynat_ray.tracking import TrackedRun, flat_params, log_epoch, log_training_outcome, run_scope, start_run
 
 SCORE_METRIC = "val_macro_f1"
@@ -68,6 +69,8 @@ class PadCollate(NumpyBatchCollateFn):
 
         out = pad_token_ids(self.tokenizer, batch["input_ids"], return_tensors="pt")
         out["labels"] = torch.tensor(batch["labels"], dtype=torch.long)  # a copy: Ray's arrays are read-only
+        if TEACHER_COLUMN in batch:  # distillation: the teacher's probabilities for these rows
+            out[TEACHER_COLUMN] = torch.tensor(np.stack(batch[TEACHER_COLUMN]), dtype=torch.float32)
         if self.token_dropout > 0 and self.tokenizer.mask_token_id is not None:
             if self.generator is None:  # created on first use, in the process that collates
                 self.generator = torch.Generator().manual_seed(self.seed)
@@ -127,7 +130,8 @@ def evaluate_batches(model: Any, batches: Iterable[dict[str, Any]], precision: s
 
 @dataclass
 class WorkerState:
-    """What one worker trains with: the DDP-wrapped model, its unwrapped core, the optimiser and where it resumes."""
+    """What one worker trains with: the DDP-wrapped model, its unwrapped core, the optimiser, where it resumes, and
+    the distillation settings (None: gold labels only)."""
 
     model: Any
     core: Any
@@ -135,6 +139,17 @@ class WorkerState:
     scheduler: Any
     start_epoch: int
     history: list[dict[str, Any]]
+    distill: DistillArgs | None = None
+
+    def loss(self, batch: dict[str, Any]) -> Any:
+        """The model's own cross-entropy, or the distillation loss when the batch carries the teacher's probabilities."""
+        teacher = batch.pop(TEACHER_COLUMN, None)
+        if teacher is None or self.distill is None:
+            return self.model(**batch).loss
+        from ynat_ray.distill import distillation_loss
+
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return distillation_loss(logits, batch["labels"], teacher, self.distill.distill_weight, self.distill.distill_temperature)
 
 
 def build_worker_state(model_args: ModelArgs, args: TrainArgs, loop_config: dict[str, Any], world: int, device: Any) -> WorkerState:
@@ -157,7 +172,8 @@ def build_worker_state(model_args: ModelArgs, args: TrainArgs, loop_config: dict
     optimizer = torch.optim.AdamW(param_groups(core, args.weight_decay), lr=args.learning_rate)
     total_steps = steps_per_epoch(loop_config["train_rows"], world, args.batch_size) * args.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, int(args.warmup_ratio * total_steps), total_steps)
-    state = WorkerState(model, core, optimizer, scheduler, 0, [])
+    distill = DistillArgs(**loop_config["distill"]) if loop_config.get("distill", {}).get("teacher") else None
+    state = WorkerState(model, core, optimizer, scheduler, 0, [], distill)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as ckpt_dir:
@@ -187,7 +203,7 @@ def train_one_epoch(
     loss_sum, seen, steady_start, steady_seen = 0.0, 0, None, 0
     for step, batch in enumerate(batches, start=1):
         with autocast(precision, device_type):
-            loss = state.model(**batch).loss
+            loss = state.loss(batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(state.model.parameters(), args.max_grad_norm)
         state.optimizer.step()
@@ -393,6 +409,16 @@ def prepare_run(
     materialize = args.materialize == "yes" or (args.materialize == "auto" and splits.train_rows < 1_000_000)
     print(f"[ynat-ray] {args.num_workers} worker(s) x {plan.resources()}; {plan.data_reserve_cpus:g} CPU left for Ray Data", flush=True)
     train_split = splits.train_stream if splits.streamed else splits.train  # never a DataFrame of streamed files
+    if cfg.distill.teacher:  # once, before any worker starts: the rows then carry the teacher's probabilities
+        from ynat_ray.distill import teach
+
+        started = time.perf_counter()
+        train_split = teach(train_split, cfg.distill)
+        print(
+            f"[ynat-ray] teacher {cfg.distill.teacher} scored {splits.train_rows} training rows in {time.perf_counter() - started:.0f} s "
+            f"(distill_weight {cfg.distill.distill_weight:g}, temperature {cfg.distill.distill_temperature:g})",
+            flush=True,
+        )
     datasets = {
         name: to_token_dataset(rows, tokenizer, model.train_max_length, materialize=materialize, task_cpus=plan.data_task_cpus)
         for name, rows in (("train", train_split), ("validation", splits.validation))
@@ -413,7 +439,7 @@ def run_spec(cfg: TrainConfig, tracked: TrackedRun | None = None) -> RunSpec:
 
 
 def worker_config(run: PreparedRun, fail_at_epoch: int | None) -> dict[str, Any]:
-    """`train_loop_config`: a worker gets its roles' groups (model, train), the seed, the fitted tokenizer and the
+    """`train_loop_config`: a worker gets its roles' groups (model, train, distillation), the seed, the fitted tokenizer and the
     run spec to record (with the MLflow run rank 0 logs to); whether the driver is on a terminal decides how epoch
     progress is drawn."""
     from dataclasses import asdict
@@ -423,6 +449,7 @@ def worker_config(run: PreparedRun, fail_at_epoch: int | None) -> dict[str, Any]
     return {
         "model": asdict(run.cfg.model),
         "train": asdict(run.cfg.train),
+        "distill": asdict(run.cfg.distill),
         "seed": run.cfg.data.seed,
         "run_spec": run_spec(run.cfg, run.tracking).to_json(),
         "tokenizer": run.tokenizer,
@@ -477,8 +504,10 @@ def make_trainer(run: PreparedRun, callbacks: Iterable[Any] = ()) -> Any:
 def run_training(cfg: TrainConfig) -> TrainOutcome:
     """Everything `ynat-ray train` does: data, tokenizer, TorchTrainer.fit, final evaluation, artifacts."""
     from ynat_ray.cluster import init_ray
+    from ynat_ray.distill import check_teacher
     from ynat_ray.resources import wait_for_placement
 
+    check_teacher(cfg.distill)  # a teacher with other labels is one line, before Ray starts
     init_ray(verbose=cfg.train.verbose)
     run = prepare_run(cfg)
     args = run.cfg.train

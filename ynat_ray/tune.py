@@ -196,6 +196,7 @@ def run_tune(cfg: TuneConfig, space: SearchSpace) -> TuneOutcome:
     from ray import tune
 
     from ynat_ray.cluster import init_ray
+    from ynat_ray.distill import check_teacher
     from ynat_ray.resources import trial_concurrency
     from ynat_ray.tracking import worker_env
 
@@ -203,6 +204,7 @@ def run_tune(cfg: TuneConfig, space: SearchSpace) -> TuneOutcome:
     recipe = cfg.trial().with_recipe()  # the epochs a trial runs when the space does not search them
     max_t = space.max_epochs(recipe)
     check_scheduler(search.grace_period, search.reduction_factor, max_t)
+    check_teacher(cfg.distill)  # every trial's teacher (a searched one is checked when its trial starts)
     init_ray(verbose=args.verbose)
     cpus, gpus = ray.cluster_resources().get("CPU", 1.0), ray.cluster_resources().get("GPU", 0.0)
     concurrency = trial_concurrency(cpus, gpus, args.num_workers, args.cpus_per_worker, args.use_gpu, search.max_concurrent_trials)

@@ -42,7 +42,7 @@ class Splits:
     validation: pd.DataFrame
     test: pd.DataFrame | None
     bad_rows: list[BadRow] = field(default_factory=list)
-    train_stream: Any = None  # ray.data.Dataset of title/label rows, read by Ray Data tasks (files only)
+    train_stream: Any = None  # ray.data.Dataset of guid/title/label rows, read by Ray Data tasks (files only)
     train_rows: int = -1  # filled from `train` when it is a DataFrame
     tokenizer_sample: list[str] | None = None  # streamed runs: the lowest-hash train titles (at most tokenizer_rows)
     input_rows: int | None = None  # streamed runs: records in the training files, bad and held-out rows included

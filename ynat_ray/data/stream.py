@@ -223,9 +223,10 @@ def _rows_in_buckets(batch: pa.Table, seed: int, text_column: str, upto: int, ex
 
 
 def _train_rows(batch: pa.Table, split: HashSplit, text_column: str) -> pa.Table:
-    """Keep a block's train rows (by hash range): title and label, what tokenization needs."""
+    """Keep a block's train rows (by hash range): guid, title and label (what tokenization and a teacher need)."""
     mask = pa.array(split.train_mask(split_hashes(batch.column("guid").to_pylist(), split.seed)))
-    return pa.table({"title": batch.column(text_column).filter(mask), "label": batch.column("label").filter(mask)})
+    columns = {"guid": batch.column("guid"), "title": batch.column(text_column), "label": batch.column("label")}
+    return pa.table({name: column.filter(mask) for name, column in columns.items()})
 
 
 def count_rows(files: list[str], data: DataArgs, *, num_cpus: float = READ_CPUS) -> tuple[HashOrder, int, list[BadRow]]:
@@ -308,7 +309,7 @@ def stream_file_splits(data: DataArgs, *, tokenizer_rows: int = 0, task_cpus: fl
     """Train/validation/test for training files without pulling the train split to the driver.
 
     Same rows as `sources.load_splits(data)` in memory (same hash rule, same thresholds). The train split is a
-    lazy Dataset of title/label rows whose tasks ask `task_cpus` each (at most the CPUs Train workers leave free).
+    lazy Dataset of guid/title/label rows whose tasks ask `task_cpus` each (at most the CPUs Train workers leave free).
     """
     if data.text_column in READER_COLUMNS:
         raise UsageError(f"--text_column {data.text_column!r} clashes with a column the reader adds ({', '.join(READER_COLUMNS)})")

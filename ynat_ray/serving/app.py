@@ -17,13 +17,12 @@ from typing import Any
 
 import ray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from ray import serve
 from ray.serve import Application, Deployment
 from ray.serve.config import BackpressureConfig
 
 from ynat_ray.config import ServeConfig, check_options, load_config_file, parse_command
 from ynat_ray.errors import UsageError
-from ynat_ray.serving.ingress import check_port_free, local_address, serve_host, serve_logging, start_and_run
+from ynat_ray.serving.ingress import check_port_free, local_address, serve_host, serve_logging, serve_running, start_and_run, stop_serve
 from ynat_ray.serving.replica import YnatServer
 
 APP_NAME = "ynat"
@@ -136,19 +135,27 @@ def deploy(cfg: ServeConfig, *, name: str = APP_NAME, route_prefix: str = "/", l
     return start_and_run(build_app(cfg), cfg.serve, name=name, route_prefix=route_prefix, log=log)
 
 
-class Terminated(Exception):
-    """SIGTERM (docker stop, systemd, Kubernetes): drain and stop like Ctrl-C, then exit 0."""
+class SigtermLatch:
+    """SIGTERM's handler (docker stop, systemd, Kubernetes): it only remembers the signal; `run_server` acts on it.
 
+    Why not raise from the handler, as Ctrl-C's KeyboardInterrupt does: the exception lands wherever the main thread
+    is. During the deploy that is inside Ray's C++ calls, where it surfaced as a SystemError that the HAProxy
+    start-up check took for a failed HAProxy, and the command went on serving on the Python proxy. A latch is read
+    at safe points only: when the deploy returns, and twice a second while serving."""
 
-def _raise_terminated(signum: int, frame: Any) -> None:
-    raise Terminated()
+    def __init__(self) -> None:
+        self.received = False
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.received = True
 
 
 def run_server(cfg: ServeConfig) -> None:
     """`ynat-ray serve`: join (or start) Ray, start Serve, deploy, block until Ctrl-C or SIGTERM.
 
-    Both stop the same way: Serve drains (replicas finish the requests they hold), then Ray is left. SIGTERM's
-    handler is installed after Ray starts, since Ray's core worker installs its own (a C++ stack dump, no drain).
+    Both stop the same way: Serve drains (replicas finish the requests they hold), then Ray is left; SIGTERM exits 0.
+    SIGTERM's handler is installed after Ray starts, since Ray's core worker installs its own (a C++ stack dump, no
+    drain). A SIGTERM during the deploy lets the deploy finish, then stops.
     """
     import signal
 
@@ -159,20 +166,34 @@ def run_server(cfg: ServeConfig) -> None:
     if not os.environ.get("RAY_ADDRESS"):  # a Ray this command starts has no Serve yet: say so before starting it
         check_port_free(host, cfg.serve.port)
     init_ray(verbose=cfg.serve.verbose)
-    signal.signal(signal.SIGTERM, _raise_terminated)
+    sigterm = SigtermLatch()
+    signal.signal(signal.SIGTERM, sigterm)
+    started_serve, deployed = not serve_running(), False
     try:
         ingress = deploy(cfg)
-        base = f"http://{local_address(host)}:{cfg.serve.port}"
-        where = f" (bound to {host})" if host != "127.0.0.1" else ""
-        links = f"(info {base}/info, docs {base}/docs)"
-        print(f"[ynat-ray] serving {cfg.engine.checkpoint} at {base}/predict via {ingress}{where}  {links}", flush=True)
-        while True:
-            time.sleep(3600)
-    except (KeyboardInterrupt, Terminated) as stop:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the drain short
-        print(f"[ynat-ray] {'SIGTERM' if isinstance(stop, Terminated) else 'interrupted'}: draining and shutting down Serve", flush=True)
-        if isinstance(stop, KeyboardInterrupt):
-            raise
+        deployed = True
+        if not sigterm.received:
+            base = f"http://{local_address(host)}:{cfg.serve.port}"
+            where = f" (bound to {host})" if host != "127.0.0.1" else ""
+            links = f"(info {base}/info, docs {base}/docs)"
+            print(f"[ynat-ray] serving {cfg.engine.checkpoint} at {base}/predict via {ingress}{where}  {links}", flush=True)
+        while not sigterm.received:
+            time.sleep(0.5)
+        print("[ynat-ray] SIGTERM: draining and shutting down Serve", flush=True)
+    except KeyboardInterrupt:
+        print("[ynat-ray] interrupted: draining and shutting down Serve", flush=True)
+        raise
     finally:
-        serve.shutdown()
+        _leave_serve(started_serve, deployed)
         ray.shutdown()
+
+
+def _leave_serve(started_serve: bool, deployed: bool) -> None:
+    """Stop what this command started, nothing else: Serve itself if it started it, else only its app (a Serve
+    that was already running keeps its other apps, and is left alone if the app never deployed)."""
+    if started_serve:
+        stop_serve()
+    elif deployed:
+        from ray import serve
+
+        serve.delete(APP_NAME)

@@ -162,6 +162,43 @@ def serve_running() -> bool:
         return False
 
 
+def running_port() -> int | None:
+    """The HTTP port of the Serve instance this cluster already runs (None if it runs none)."""
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    try:
+        controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    except ValueError:
+        return None
+    return int(ray.get(controller.get_http_config.remote(), timeout=60).port)
+
+
+def check_running_serve(port: int) -> bool:
+    """True if Serve already runs here, on `port`. On another port: one line, since Serve has one HTTP port per
+    cluster and `serve.start` would silently keep the old one (the app would answer where nobody looks)."""
+    current = running_port()
+    if current is not None and current != port:
+        raise UsageError(
+            f"Serve already runs on this cluster on port {current}; deploy there with --port {current}, or stop it first (`serve shutdown`)"
+        )
+    return current is not None
+
+
+def stop_serve(timeout_s: float = 120.0) -> None:
+    """Shut Serve down and wait until its controller is gone.
+
+    `serve.shutdown()` gives up waiting after 30 s and returns while the controller still drains; a Serve
+    started next on the same cluster would then connect to the dying one, on its old port. Waiting here keeps
+    "stopped" meaning stopped (Ctrl-C, SIGTERM, the HAProxy fallback, tests).
+    """
+    serve.shutdown()
+    deadline = time.monotonic() + timeout_s
+    while serve_running() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if serve_running():
+        logging.getLogger(__name__).warning("Serve's controller was still shutting down after %.0f s", timeout_s)
+
+
 def serve_logging(serve_args: ServeArgs) -> dict[str, Any]:
     """Serve's own INFO lines (per-request access logs, HAProxy reloads, replica start-up) only with --verbose."""
     return {"log_level": "INFO" if serve_args.verbose else "WARNING"}
@@ -173,17 +210,19 @@ def start_and_run(app: Any, serve_args: ServeArgs, *, name: str, route_prefix: s
     With `http_ingress='haproxy'` the controller gets `haproxy_env()` through `controller_options` (works on a
     running cluster too, as long as Serve is not running there yet). If HAProxy cannot start, Serve is
     restarted with its Python proxy and one warning line says why. A Serve instance already running keeps
-    its ingress.
+    its ingress; the app joins it if it listens on the requested port (else one line names its port).
     """
     if not serve_args.verbose:  # this driver's "Started Serve" / "Connecting to existing Serve app" lines
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
     host = serve_host(serve_args)
-    if not serve_running():
-        check_port_free(host, serve_args.port)
-        check_cluster_host(host, serve_args.http_ingress)
+    local = local_address(host)  # where this driver checks the ingress
+    if check_running_serve(serve_args.port):  # deploy next to the apps already there, behind their ingress
+        serve.run(app, name=name, route_prefix=route_prefix)
+        return active_ingress(local, serve_args.port) or "proxy"
+    check_port_free(host, serve_args.port)
+    check_cluster_host(host, serve_args.http_ingress)
     http_options = {"host": host, "port": serve_args.port, "request_timeout_s": serve_args.request_timeout_s + PROXY_TIMEOUT_MARGIN_S}
     start_options = {"http_options": http_options, "proxy_location": serve_args.proxy_location, "logging_config": serve_logging(serve_args)}
-    local = local_address(host)  # where this driver checks the ingress
     problem = haproxy_problem() if serve_args.http_ingress == "haproxy" else None
     if serve_args.http_ingress == "haproxy" and problem is None:
         problem = _try_haproxy(app, start_options, local, serve_args.port, name=name, route_prefix=route_prefix)
@@ -206,5 +245,5 @@ def _try_haproxy(app: Any, start_options: dict[str, Any], local: str, port: int,
         problem = "HAProxy did not answer on the HTTP port"
     except Exception as err:  # noqa: BLE001 - Serve raises RayTaskError/ActorDiedError/TimeoutError here
         problem = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
-    serve.shutdown()
+    stop_serve()
     return problem
