@@ -21,7 +21,7 @@ from ynat_ray.export import FP32_MAX_ABS_DIFF, export_checkpoint, int8_settings,
 from ynat_ray.features import encode_texts
 from ynat_ray.modeling import build_model
 from ynat_ray.runners import ort_session, softmax
-from ynat_ray.vocab import train_wordpiece_tokenizer
+from ynat_ray.vocab import train_char_bigram_tokenizer
 
 MAX_LENGTH = 64
 ROWS = 300  # validation rows for the parity check: enough for a 1% disagreement budget to mean something
@@ -38,7 +38,10 @@ def validation() -> tuple[list[str], list[int]]:
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A Hugging Face checkpoint directory of a ynat-tiny model trained 100 steps of batch 32 (a few seconds)."""
     train = embedded_split("train")
-    tokenizer = train_wordpiece_tokenizer(train["title"].tolist(), vocab_size=8000, max_length=MAX_LENGTH)
+    # The bigram tokenizer: its vocabulary is the same in every process. HF's WordPiece trainer breaks ties between
+    # equally frequent pairs in hash-map order, so its vocabulary (and so this model and its int8 agreement) changed
+    # from run to run and with TOKENIZERS_PARALLELISM, which tokenizers turns off after a fork (order-dependent).
+    tokenizer = train_char_bigram_tokenizer(train["title"].tolist(), vocab_size=8000, max_length=MAX_LENGTH)
     model = build_model("ynat-tiny", tokenizer, MAX_LENGTH, seed=0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     rng = np.random.default_rng(0)
