@@ -409,8 +409,14 @@ def test_batch_job_across_nodes_from_s3_to_s3_survives_losing_a_node(
     assert isinstance(job, subprocess.Popen)
     try:
         wait_for(lambda: any(k.endswith(".parquet") for k in s3_keys(s3, "preds/")), 300, "the first output file")
-        predictors = [n for n, state in actor_nodes_like(multinode, "MapBatches(Predictor)") if state == "ALIVE"]
-        assert len(set(predictors)) == 2, f"2 predictor actors on 2 nodes: {predictors}"
+
+        def predictors_on_two_nodes() -> list[str]:
+            """ALIVE predictor actors' nodes, once there are two nodes: Ray Data starts writing as soon as one actor
+            of the pool is ready, so on a slow machine the second may still be loading the checkpoint."""
+            alive = [n for n, state in actor_nodes_like(multinode, "MapBatches(Predictor)") if state == "ALIVE"]
+            return alive if len(set(alive)) == 2 else []
+
+        predictors = wait_for(predictors_on_two_nodes, 120, "2 predictor actors on 2 nodes")
         victim = next(n for n in predictors if n != multinode.cluster.head_node.node_id)
         assert job.poll() is None, "the job ended before a node could be taken away"
         lost_at = time.monotonic()
