@@ -83,11 +83,10 @@ def teacher_label_order(teacher: str) -> list[str]:
 class CheckpointTeacher:
     """Ray Data actor: the batch path's `Predictor` (the engine, all scores) turned into `teacher_probs` rows."""
 
-    def __init__(self, engine: EngineArgs, cpus: float, gpus: float, labels: list[str]):
+    def __init__(self, engine: EngineArgs, cpus: float, gpus: float):
         from ynat_ray.batch import Predictor
 
         self.predictor = Predictor(engine, cpus, gpus, "title", ROWS_PER_CALL, all_scores=True)
-        self.labels = labels
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from ynat_ray.batch import SCORE_PREFIX
@@ -148,14 +147,14 @@ def teach(rows: Any, distill: DistillArgs) -> Any:
     import pandas as pd
     import ray
 
-    labels = teacher_label_order(distill.teacher or "")
+    teacher_label_order(distill.teacher or "")  # again here: a Tune trial may sample its teacher
     ds = ray.data.from_pandas(rows[["guid", "title", "label"]].reset_index(drop=True)) if isinstance(rows, pd.DataFrame) else rows
     if distill.teacher == LINEAR:
         actor, kwargs = LinearTeacher, {"models": _fit_linear(ds, distill.teacher_cpus)}
     else:
         actor = CheckpointTeacher
         engine = EngineArgs(checkpoint=distill.teacher)
-        kwargs = {"engine": engine, "cpus": distill.teacher_cpus, "gpus": distill.teacher_gpus, "labels": labels}
+        kwargs = {"engine": engine, "cpus": distill.teacher_cpus, "gpus": distill.teacher_gpus}
     taught = ds.map_batches(
         actor,
         fn_constructor_kwargs=kwargs,
